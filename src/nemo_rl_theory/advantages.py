@@ -1,0 +1,164 @@
+r"""Group-relative advantages (GRPO, with RLOO's leave-one-out baseline).
+
+Each prompt is answered :math:`G` times; a response's advantage is its reward minus a
+baseline computed from the *other* responses to the same prompt, optionally divided by
+the group's standard deviation. No value network is needed.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from nemo_rl_theory._validation import (
+    as_mask,
+    require_bool,
+    require_finite_where,
+    require_float_tensor,
+    require_ndim,
+    require_tensor,
+)
+
+#: Added to the standard deviation before dividing, as NeMo RL does.
+ADVANTAGE_STD_EPS = 1e-6
+
+
+def _group_index(prompt_ids: Tensor) -> Tensor:
+    """Map each row to the index of its distinct prompt (``[N]`` ids or ``[N, L]`` token rows)."""
+    if prompt_ids.dim() == 1:
+        _, inverse = torch.unique(prompt_ids, return_inverse=True)
+    else:
+        _, inverse = torch.unique(prompt_ids, dim=0, return_inverse=True)
+    return inverse
+
+
+def _check_group_inputs(prompt_ids: object, rewards: object, valid_mask: object | None) -> tuple[Tensor, Tensor, Tensor]:
+    prompt_ids = require_tensor("prompt_ids", prompt_ids)
+    rewards = require_float_tensor("rewards", rewards)
+    require_ndim("rewards", rewards, (1,), "[N]")
+    require_ndim("prompt_ids", prompt_ids, (1, 2), "[N] or [N, L]")
+    if prompt_ids.shape[0] != rewards.shape[0]:
+        raise ValueError(
+            f"rewards and prompt_ids must have the same length N, got {rewards.shape[0]} "
+            f"rewards and {prompt_ids.shape[0]} prompt ids"
+        )
+    if prompt_ids.is_floating_point() and not torch.isfinite(prompt_ids).all():
+        raise ValueError("prompt_ids must be finite")
+    if valid_mask is None:
+        valid = torch.ones_like(rewards)
+    else:
+        valid = as_mask("valid_mask", valid_mask, rewards)
+        if valid.shape != rewards.shape:
+            raise ValueError(
+                f"valid_mask must have shape [N] = [{rewards.shape[0]}], got {list(valid.shape)}"
+            )
+    require_finite_where("rewards", rewards, valid != 0)
+    return prompt_ids, rewards, valid
+
+
+def calculate_baseline_and_std_per_prompt(
+    prompt_ids: Tensor,
+    rewards: Tensor,
+    valid_mask: Tensor | None,
+    leave_one_out_baseline: bool = True,
+) -> tuple[Tensor, Tensor]:
+    r"""Per-response baseline and standard deviation from the responses to the same prompt.
+
+    For response :math:`i` of a group with valid responses :math:`V` (``valid_mask``) let
+    :math:`S_i = V \setminus \{i\}` (leave-one-out, RLOO) or :math:`S_i = V`, and
+    :math:`n_i = |V| - 1` or :math:`|V|` respectively. Then
+
+    .. math::
+
+        b_i = \frac{1}{n_i} \sum_{j \in S_i} r_j, \qquad
+        \sigma_i = \sqrt{\frac{n_i}{n_i - 1}\Big(\frac{1}{n_i}\sum_{j\in S_i} r_j^2 - b_i^2\Big)}
+
+    (Bessel-corrected sample standard deviation of :math:`\{r_j\}_{j \in S_i}`). Exactly as
+    NeMo RL: an undefined :math:`\sigma_i` (fewer than two samples in :math:`S_i`, e.g. a
+    group of two under leave-one-out) is reported as 0, and a group with at most one valid
+    response gets :math:`b_i = r_i` and :math:`\sigma_i = 0`, i.e. zero advantage.
+
+    Args:
+        prompt_ids: ``Tensor[N]`` prompt ids, or ``Tensor[N, L]`` prompt token rows
+            (identical rows are the same prompt).
+        rewards: ``Tensor[N]`` float rewards.
+        valid_mask: ``Tensor[N]``, 1 for responses that take part in the statistics
+            (``None``: all).
+        leave_one_out_baseline: exclude response :math:`i` from its own baseline.
+
+    Returns:
+        ``(baseline, std)``, both ``Tensor[N]`` in the dtype of ``rewards``.
+    """
+    prompt_ids, rewards, valid = _check_group_inputs(prompt_ids, rewards, valid_mask)
+    require_bool("leave_one_out_baseline", leave_one_out_baseline)
+    return _baseline_and_std(prompt_ids, rewards, valid, leave_one_out_baseline)
+
+
+def _baseline_and_std(prompt_ids: Tensor, rewards: Tensor, valid: Tensor, leave_one_out: bool) -> tuple[Tensor, Tensor]:
+    group = _group_index(prompt_ids)
+    n_groups = int(group.max()) + 1 if group.numel() else 0
+
+    def group_sum(x: Tensor) -> Tensor:
+        return torch.zeros(n_groups, dtype=rewards.dtype).index_add_(0, group, x)[group]
+
+    valid_rewards = torch.where(valid != 0, rewards * valid, torch.zeros((), dtype=rewards.dtype))
+    n_valid = group_sum(valid)
+    sum_r = group_sum(valid_rewards)
+    sum_r2 = group_sum(torch.where(valid != 0, rewards.square() * valid, torch.zeros((), dtype=rewards.dtype)))
+    if leave_one_out:
+        # Row i drops its own (valid-weighted) term; the count drops by one either way,
+        # which is NeMo RL's convention (an invalid row's baseline is a sum over n - 1).
+        sum_r = sum_r - valid_rewards
+        sum_r2 = sum_r2 - torch.where(valid != 0, rewards.square() * valid, torch.zeros((), dtype=rewards.dtype))
+    n = n_valid - float(leave_one_out)
+
+    baseline = sum_r / n
+    mean_square = sum_r2 / n
+    # n / (n - 1) is inf for n = 1; 0 * inf = NaN is mapped to 0 like NeMo RL's nan_to_num.
+    std = ((mean_square - baseline.square()) * (n / (n - 1))).sqrt().nan_to_num(0.0)
+
+    degenerate = n_valid <= 1
+    baseline = torch.where(degenerate, rewards, baseline)
+    std = torch.where(degenerate, torch.zeros((), dtype=rewards.dtype), std)
+    return baseline, std
+
+
+def grpo_advantages(
+    rewards: Tensor,
+    prompt_ids: Tensor,
+    *,
+    use_leave_one_out_baseline: bool = True,
+    normalize_rewards: bool = True,
+    valid_mask: Tensor | None = None,
+) -> Tensor:
+    r"""GRPO advantages, one per response (NeMo RL's ``GRPOAdvantageEstimator``).
+
+    .. math::
+
+        A_i = \begin{cases}
+            \dfrac{r_i - b_i}{\sigma_i + 10^{-6}} & \text{if normalize\_rewards and } \sigma_i > 0 \\[4pt]
+            r_i - b_i & \text{otherwise}
+        \end{cases}
+
+    with :math:`b_i, \sigma_i` from :func:`calculate_baseline_and_std_per_prompt`. Groups
+    whose rewards are all equal have :math:`\sigma = 0` and are not "sharpened": their
+    advantage stays :math:`r_i - b_i = 0` (no learning signal, see dynamic sampling).
+
+    Args:
+        rewards: ``Tensor[N]`` float rewards.
+        prompt_ids: ``Tensor[N]`` or ``Tensor[N, L]``; identical ids/rows form a group.
+        use_leave_one_out_baseline: NeMo RL ``grpo.use_leave_one_out_baseline`` (default True).
+        normalize_rewards: NeMo RL ``grpo.normalize_rewards`` (default True).
+        valid_mask: ``Tensor[N]``, responses that take part in the group statistics.
+
+    Returns:
+        ``Tensor[N]``; broadcast over tokens with ``A[:, None]`` for the ``[B, T]`` losses.
+    """
+    prompt_ids, rewards, valid = _check_group_inputs(prompt_ids, rewards, valid_mask)
+    require_bool("use_leave_one_out_baseline", use_leave_one_out_baseline)
+    require_bool("normalize_rewards", normalize_rewards)
+    baseline, std = _baseline_and_std(prompt_ids, rewards, valid, use_leave_one_out_baseline)
+    advantages = rewards - baseline
+    if normalize_rewards:
+        advantages = torch.where(std > 0, advantages / (std + ADVANTAGE_STD_EPS), advantages)
+    return advantages

@@ -1,0 +1,54 @@
+"""Validation and sanitising of the per-token tensors every loss receives."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from nemo_rl_theory._validation import (
+    as_mask,
+    require_finite_where,
+    require_float_tensor,
+    require_ndim,
+    require_normalization_factor,
+    require_same_shape,
+)
+
+
+def token_and_sample_masks(
+    mask: object, sample_mask: object | None, like: Tensor, *, mask_name: str = "mask", sample_name: str = "sample_mask"
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Return ``(token_mask[B, T], sample_mask[B], mask = token_mask * sample_mask[:, None])``."""
+    token_mask = as_mask(mask_name, mask, like)
+    require_same_shape("logprobs", like, mask_name, token_mask)
+    if sample_mask is None:
+        samples = torch.ones(like.shape[0], dtype=like.dtype, device=like.device)
+    else:
+        samples = as_mask(sample_name, sample_mask, like)
+        if samples.shape != (like.shape[0],):
+            raise ValueError(f"{sample_name} must have shape [B] = [{like.shape[0]}], got {list(samples.shape)}")
+    return token_mask, samples, token_mask * samples[:, None]
+
+
+def per_token(name: str, value: object, like: Tensor, counted: Tensor) -> Tensor:
+    """Check a ``[B, T]`` float input and zero it outside ``counted``.
+
+    Padding may hold ``-inf`` or garbage; replacing it by 0 *before* any arithmetic keeps
+    every intermediate (exp of a log-ratio, its gradient) finite. Counted positions must be
+    finite.
+    """
+    t = require_float_tensor(name, value)
+    require_same_shape("logprobs", like, name, t)
+    require_finite_where(name, t, counted)
+    return torch.where(counted, t, torch.zeros((), dtype=t.dtype))
+
+
+def per_token_2d(name: str, value: object) -> Tensor:
+    t = require_float_tensor(name, value)
+    require_ndim(name, t, (2,), "[B, T]")
+    return t
+
+
+def check_factors(**factors: object) -> None:
+    for name, value in factors.items():
+        require_normalization_factor(name, value)

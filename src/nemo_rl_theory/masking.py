@@ -1,0 +1,81 @@
+"""Masked reductions: the one place where padding and normalisation are decided."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from nemo_rl_theory._validation import (
+    as_mask,
+    require_float_tensor,
+    require_normalization_factor,
+)
+
+#: Added to every denominator, as NeMo RL does, so an all-zero mask gives 0 instead of 0/0.
+MASKED_MEAN_EPS = 1e-8
+
+
+def masked_mean(
+    values: Tensor,
+    mask: Tensor,
+    dim: int | None = None,
+    global_normalization_factor: Tensor | float | None = None,
+) -> Tensor:
+    r"""Mean of ``values`` over the positions selected by ``mask``.
+
+    .. math::
+
+        \operatorname{masked\_mean}(x, m) = \frac{\sum_i m_i x_i}{N + 10^{-8}},
+        \qquad N = \begin{cases} \sum_i m_i & \text{(default: the local count)} \\
+        \texttt{global\_normalization\_factor} & \text{(if given)} \end{cases}
+
+    With a global factor (the number of valid tokens or sequences in the *whole* global
+    batch) each micro-batch returns its share of the global mean, so summing the results of
+    all micro-batches and data-parallel ranks gives exactly the full-batch mean. This is how
+    NeMo RL normalises every loss.
+
+    Args:
+        values: ``Tensor[...]``, floating point.
+        mask: same shape as ``values`` (bool, 0/1 or non-negative weights). Masked-out
+            positions may hold ``-inf``/NaN (padding): they are *selected* away, never
+            multiplied, so neither the result nor its gradient is poisoned.
+        dim: reduce over this dimension only (``None``: over everything).
+        global_normalization_factor: denominator to use instead of ``mask.sum(dim)``.
+
+    Returns:
+        A scalar (``dim=None``) or ``values`` reduced over ``dim``. An all-zero mask gives 0.
+    """
+    values = require_float_tensor("values", values)
+    mask_t = as_mask("mask", mask, values)
+    if mask_t.shape != values.shape:
+        try:
+            broadcast = torch.broadcast_shapes(mask_t.shape, values.shape)
+        except RuntimeError:
+            broadcast = None
+        # The mask may broadcast *to* values (e.g. [B, 1] against [B, T]) but must not
+        # enlarge them: [B] against [B, 1] would silently reduce a [B, B] outer product.
+        if broadcast != values.shape:
+            raise ValueError(
+                f"mask of shape {list(mask_t.shape)} must match or broadcast to "
+                f"values of shape {list(values.shape)}"
+            )
+    require_normalization_factor("global_normalization_factor", global_normalization_factor)
+    return _masked_mean(values, mask_t, dim, global_normalization_factor)
+
+
+def _masked_mean(
+    values: Tensor,
+    mask: Tensor,
+    dim: int | None = None,
+    global_normalization_factor: Tensor | float | None = None,
+) -> Tensor:
+    """Unchecked core of :func:`masked_mean` for callers that validated their inputs."""
+    selected = torch.where(mask != 0, values * mask, torch.zeros((), dtype=values.dtype))
+    if dim is None:
+        numerator = selected.sum()
+        count = mask.expand_as(selected).sum()
+    else:
+        numerator = selected.sum(dim=dim)
+        count = mask.expand_as(selected).sum(dim=dim)
+    denominator = count if global_normalization_factor is None else global_normalization_factor
+    return numerator / (denominator + MASKED_MEAN_EPS)
