@@ -713,6 +713,8 @@ def test_tis_reports_is_oob_ratio():
     ],
 )
 def test_tis_min_bound(tis_min, expected_weights, expected_oob):
+    # NeMo: tis_min = truncated_importance_sampling_ratio_min or 0.0;
+    #   is_oob = (w > max) | (w < tis_min); w = clamp(w, min=tis_min, max=max).
     # force_on_policy: prev = sg(curr), so the IS weights are exp(curr - gen) = [0.1, 1, 3].
     loss, metrics = pg(
         torch.log(t32([[0.1, 1.0, 3.0]])), None, torch.ones(1, 3),
@@ -738,25 +740,42 @@ def test_tis_rejects_min_above_max(tis_type):
         )
 
 
-def test_seq_mask_tis_keeps_sequence_inside_band_and_survives_neg_inf():
+SEQ_MASK_TIS = dict(
+    use_importance_sampling_correction=True,
+    truncated_importance_sampling_type="seq-mask-tis",
+    truncated_importance_sampling_ratio=1.002,
+    truncated_importance_sampling_ratio_min=0.999,
+)
+
+
+def test_seq_mask_tis_keeps_sequence_inside_band():
     # geo-mean IS ratio exp(mean(0.0005)) = 1.0005 is inside [0.999, 1.002] -> kept, with
     # the raw (untruncated) token weights exp(0.0005).
     prev = t32([[-1.0, -1.0, -1.0]])
     gen = torch.full((1, 3), -1.0005)
-    kwargs = dict(
-        use_importance_sampling_correction=True,
-        truncated_importance_sampling_type="seq-mask-tis",
-        truncated_importance_sampling_ratio=1.002,
-        truncated_importance_sampling_ratio_min=0.999,
-    )
-    loss, metrics = pg(prev.clone(), prev, t32(ADV), generation_logprobs=gen, **kwargs)
+    loss, metrics = pg(prev.clone(), prev, t32(ADV), generation_logprobs=gen, **SEQ_MASK_TIS)
     torch.testing.assert_close(loss, (torch.exp(prev - gen) * -t32(ADV)).mean(), atol=1e-4, rtol=1e-3)
     assert metrics["is_oob_ratio"] == pytest.approx(0.0, abs=1e-7)
-    # A -inf generation log-prob must not turn the loss into NaN/inf (NeMo's nan_to_num).
-    gen_bad = gen.clone()
-    gen_bad[0, 1] = float("-inf")
-    loss_bad, _ = pg(prev.clone(), prev, t32(ADV), generation_logprobs=gen_bad, **kwargs)
-    assert torch.isfinite(loss_bad)
+
+
+def test_seq_mask_tis_drops_sequence_outside_band():
+    # Same inputs, band [0.9, 1.0]: 1.0005 is above -> the whole sequence gets weight 0.
+    prev = t32([[-1.0, -1.0, -1.0]])
+    cfg = {**SEQ_MASK_TIS, "truncated_importance_sampling_ratio": 1.0, "truncated_importance_sampling_ratio_min": 0.9}
+    loss, metrics = pg(prev.clone(), prev, t32(ADV), generation_logprobs=torch.full((1, 3), -1.0005), **cfg)
+    torch.testing.assert_close(loss, t32(0.0))
+    assert metrics["is_oob_ratio"] == pytest.approx(1.0, rel=1e-7)
+
+
+def test_neg_inf_generation_logprob_at_a_counted_token_is_rejected():
+    # Deliberate divergence. NeMo RL, given gen = [-1.0005, -inf, -1.0005] with seq-mask-tis,
+    # maps exp(prev - gen) = inf to weight 0 and the log ratio to 0 (nan_to_num) and returns
+    # the finite loss -3 e^0.0005 / 3 = -1.0005001. A sampled token cannot have probability 0
+    # under the engine that sampled it, so we treat such a batch as corrupt and name the input.
+    prev = t64([[-1.0, -1.0, -1.0]])
+    gen = t64([[-1.0005, float("-inf"), -1.0005]])
+    with pytest.raises(ValueError, match="generation_logprobs"):
+        pg(prev.clone(), prev, t64(ADV), generation_logprobs=gen, **SEQ_MASK_TIS)
 
 
 def test_approx_entropy_metric():
@@ -1297,19 +1316,31 @@ def _dpo_zero_logit_inputs(vocab_size=16):
     return lp, ref, mask
 
 
-def test_dpo_equal_rewards_give_log2():
+def test_dpo_accepts_zero_beta_like_nemo():
+    # NeMo's exact config in test_dpo_loss: beta = 0 -> preference loss log 2 whatever the data.
     lp, ref, mask = _dpo_zero_logit_inputs()
     cfg = DPOConfig(reference_policy_kl_penalty=0.0, preference_loss_weight=1.0, sft_loss_weight=0.0)
+    loss, _ = dpo_loss(lp[:1], lp[1:], ref[:1], ref[1:], mask[:1], mask[1:], config=cfg)
+    torch.testing.assert_close(loss, -F.logsigmoid(t32(0.0)))
+
+
+@pytest.mark.parametrize("beta", [0.05, 0.5])
+def test_dpo_equal_rewards_give_log2(beta):
+    # Chosen and rejected have identical log-probs, so the margin is 0 for any beta.
+    lp, ref, mask = _dpo_zero_logit_inputs()
+    cfg = DPOConfig(reference_policy_kl_penalty=beta, preference_loss_weight=1.0, sft_loss_weight=0.0)
     loss, metrics = dpo_loss(lp[:1], lp[1:], ref[:1], ref[1:], mask[:1], mask[1:], config=cfg)
     torch.testing.assert_close(loss, -F.logsigmoid(t32(0.0)))
     assert metrics["sft_loss"] == 0.0
+    assert metrics["accuracy"] == 0.0  # chosen > rejected is strict
     assert metrics["num_valid_samples"] == pytest.approx(1.0)
 
 
 def test_dpo_with_sft_term():
     # sft = -(sum of chosen log-probs) = 2 tokens * log(16); total = 0.5 * sft + log(2).
+    # (NeMo runs this with beta = 0; the margin is 0 so beta does not matter.)
     lp, ref, mask = _dpo_zero_logit_inputs()
-    cfg = DPOConfig(reference_policy_kl_penalty=0.0, preference_loss_weight=1.0, sft_loss_weight=0.5)
+    cfg = DPOConfig(reference_policy_kl_penalty=0.05, preference_loss_weight=1.0, sft_loss_weight=0.5)
     loss, metrics = dpo_loss(lp[:1], lp[1:], ref[:1], ref[1:], mask[:1], mask[1:], config=cfg)
     expected_sft = 2 * math.log(16.0)
     torch.testing.assert_close(loss, t32(0.5 * expected_sft + math.log(2.0)))
@@ -1355,7 +1386,8 @@ def test_dpo_sft_matches_nll_loss():
     ref = torch.randn(4, 4, generator=g)
     n_tokens = mask[::2].sum()
     nll, _ = nll_loss(lp[::2], mask[::2], global_valid_toks=n_tokens)
-    cfg = DPOConfig(reference_policy_kl_penalty=0.0, preference_loss_weight=0.0, sft_loss_weight=1.0)
+    # (NeMo uses beta = 0 here; with preference weight 0 beta is irrelevant.)
+    cfg = DPOConfig(reference_policy_kl_penalty=0.05, preference_loss_weight=0.0, sft_loss_weight=1.0)
     loss, _ = dpo_loss(lp[::2], lp[1::2], ref[::2], ref[1::2], mask[::2], mask[1::2], config=cfg)
     torch.testing.assert_close(loss * 2 / n_tokens, nll)
 

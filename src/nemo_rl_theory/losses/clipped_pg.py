@@ -52,7 +52,7 @@ class ClippedPGConfig:
     truncated_importance_sampling_type: str | None = None
     #: Upper bound of the importance weight for truncation.
     truncated_importance_sampling_ratio: float | None = None
-    #: Lower bound (ICE-POP and sequence-masked TIS).
+    #: Lower bound (required by ICE-POP and sequence-masked TIS; TIS clamps to it, default 0).
     truncated_importance_sampling_ratio_min: float | None = None
     #: GSPO: one ratio per sequence, the geometric mean of its token ratios.
     sequence_level_importance_ratios: bool = False
@@ -363,9 +363,12 @@ def clipped_pg_loss(
         actor_weights = _finite_or_zero(torch.exp(prev - gen))
     kind = cfg.truncated_importance_sampling_type
     if kind == "tis":
-        out_of_bounds = actor_weights > cfg.truncated_importance_sampling_ratio
+        # Clamp to [min, max]; the lower bound defaults to 0 (plain upper truncation).
+        tis_min = cfg.truncated_importance_sampling_ratio_min or 0.0
+        tis_max = cfg.truncated_importance_sampling_ratio
+        out_of_bounds = (actor_weights > tis_max) | (actor_weights < tis_min)
         is_metrics["is_oob_ratio"] = float(mean_over_tokens(out_of_bounds.expand_as(curr).to(curr.dtype)))
-        actor_weights = actor_weights.clamp(max=cfg.truncated_importance_sampling_ratio)
+        actor_weights = actor_weights.clamp(min=tis_min, max=tis_max)
     elif kind == "icepop":
         kept = (actor_weights >= cfg.truncated_importance_sampling_ratio_min) & (
             actor_weights <= cfg.truncated_importance_sampling_ratio

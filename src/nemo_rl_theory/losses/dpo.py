@@ -16,7 +16,7 @@ from nemo_rl_theory.masking import _masked_mean
 class DPOConfig:
     """Configuration of :func:`dpo_loss`; names and defaults follow NeMo RL's ``dpo`` keys."""
 
-    #: :math:`\beta`, strength of the implicit KL constraint to the reference (> 0).
+    #: :math:`\beta`, strength of the implicit KL constraint to the reference (>= 0; 0 gives the constant ln 2).
     reference_policy_kl_penalty: float = 0.05
     #: :math:`w_p`, weight of the preference (Bradley-Terry) term.
     preference_loss_weight: float = 1.0
@@ -28,7 +28,7 @@ class DPOConfig:
     sft_average_log_probs: bool = False
 
     def __post_init__(self) -> None:
-        require_number("reference_policy_kl_penalty", self.reference_policy_kl_penalty, low=0.0, low_inclusive=False)
+        require_number("reference_policy_kl_penalty", self.reference_policy_kl_penalty, low=0.0)
         require_number("preference_loss_weight", self.preference_loss_weight, low=0.0)
         require_number("sft_loss_weight", self.sft_loss_weight, low=0.0)
         require_bool("preference_average_log_probs", self.preference_average_log_probs)

@@ -1,0 +1,107 @@
+"""GRPO baselines, standard deviations and advantages, checked by a direct float64 loop."""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from nemo_rl_theory import calculate_baseline_and_std_per_prompt, grpo_advantages
+
+
+def direct_advantages(rewards, groups, valid, leave_one_out, normalize):
+    """Per-sample loop over the definition (valid samples only), independent of the library."""
+    out = []
+    for i, (r, g) in enumerate(zip(rewards, groups)):
+        members = [j for j, h in enumerate(groups) if h == g and valid[j]]
+        if len(members) <= 1:
+            out.append(0.0)
+            continue
+        others = [rewards[j] for j in members if not (leave_one_out and j == i)]
+        baseline = statistics.fmean(others)
+        std = statistics.stdev(others) if len(others) >= 2 else 0.0
+        a = r - baseline
+        out.append(a / (std + 1e-6) if normalize and std > 0 else a)
+    return out
+
+
+def test_hand_computed_group():
+    # Group of three with rewards (1, 0, 1), leave-one-out:
+    # sample 0: others (0, 1): baseline 0.5, std sqrt(0.5); A = 0.5 / (sqrt(0.5) + 1e-6)
+    # sample 1: others (1, 1): baseline 1, std 0 -> not normalised; A = -1
+    rewards = torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64)
+    ids = torch.tensor([7, 7, 7])
+    baseline, std = calculate_baseline_and_std_per_prompt(ids, rewards, None, True)
+    torch.testing.assert_close(baseline, torch.tensor([0.5, 1.0, 0.5], dtype=torch.float64))
+    torch.testing.assert_close(std, torch.tensor([math.sqrt(0.5), 0.0, math.sqrt(0.5)], dtype=torch.float64))
+    adv = grpo_advantages(rewards, ids)
+    a = 0.5 / (math.sqrt(0.5) + 1e-6)
+    torch.testing.assert_close(adv, torch.tensor([a, -1.0, a], dtype=torch.float64))
+
+
+def test_without_leave_one_out_uses_group_mean_and_bessel_std():
+    rewards = torch.tensor([1.0, 2.0, 3.0, 6.0], dtype=torch.float64)
+    ids = torch.zeros(4, dtype=torch.long)
+    baseline, std = calculate_baseline_and_std_per_prompt(ids, rewards, None, False)
+    torch.testing.assert_close(baseline, torch.full((4,), 3.0, dtype=torch.float64))
+    torch.testing.assert_close(std, torch.full((4,), statistics.stdev([1, 2, 3, 6]), dtype=torch.float64))
+
+
+def test_zero_variance_group_and_singletons_give_zero_advantage():
+    rewards = torch.tensor([1.0, 1.0, 1.0, 0.5], dtype=torch.float64)
+    ids = torch.tensor([0, 0, 0, 1])
+    assert grpo_advantages(rewards, ids).tolist() == [0.0, 0.0, 0.0, 0.0]
+
+
+def test_group_of_two_under_leave_one_out_is_not_normalised():
+    # One "other" sample has no sample std; NeMo RL reports 0 and leaves A = r_i - r_j.
+    adv = grpo_advantages(torch.tensor([1.0, 0.0]), torch.tensor([3, 3]))
+    assert adv.tolist() == [1.0, -1.0]
+
+
+def test_prompt_token_rows_identify_groups():
+    prompts = torch.tensor([[1, 2, 3], [4, 5, 6], [1, 2, 3], [4, 5, 6]])
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0])
+    by_rows = grpo_advantages(rewards, prompts, use_leave_one_out_baseline=False)
+    by_ids = grpo_advantages(rewards, torch.tensor([0, 1, 0, 1]), use_leave_one_out_baseline=False)
+    torch.testing.assert_close(by_rows, by_ids)
+
+
+def test_invalid_samples_do_not_vote():
+    rewards = torch.tensor([1.0, 0.0, 100.0, 1.0], dtype=torch.float64)
+    ids = torch.zeros(4, dtype=torch.long)
+    valid = torch.tensor([1.0, 1.0, 0.0, 1.0], dtype=torch.float64)
+    with_invalid = grpo_advantages(rewards, ids, valid_mask=valid)
+    without = grpo_advantages(rewards[[0, 1, 3]], ids[:3])
+    torch.testing.assert_close(with_invalid[[0, 1, 3]], without)
+
+
+@given(
+    group_sizes=st.lists(st.integers(1, 5), min_size=1, max_size=4),
+    leave_one_out=st.booleans(),
+    normalize=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_matches_direct_definition(group_sizes, leave_one_out, normalize, seed):
+    gen = torch.Generator().manual_seed(seed)
+    groups = [g for g, size in enumerate(group_sizes) for _ in range(size)]
+    # Binary rewards, like verifiable tasks, give many all-equal groups and ties.
+    rewards = torch.randint(0, 2, (len(groups),), generator=gen).double() + 0.25 * torch.randint(
+        0, 2, (len(groups),), generator=gen
+    )
+    ours = grpo_advantages(
+        rewards, torch.tensor(groups), use_leave_one_out_baseline=leave_one_out, normalize_rewards=normalize
+    )
+    expected = direct_advantages(rewards.tolist(), groups, [1] * len(groups), leave_one_out, normalize)
+    torch.testing.assert_close(ours, torch.tensor(expected, dtype=torch.float64), rtol=1e-9, atol=1e-9)
+
+
+@given(n=st.integers(2, 6), seed=st.integers(0, 2**16))
+def test_advantages_sum_to_zero_without_leave_one_out(n, seed):
+    # Mean baseline: sum_i (r_i - mean) = 0 in every group.
+    rewards = torch.rand(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    adv = grpo_advantages(rewards, torch.zeros(n, dtype=torch.long), use_leave_one_out_baseline=False)
+    assert abs(adv.sum().item()) < 1e-9
