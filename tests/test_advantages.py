@@ -15,7 +15,7 @@ from nemo_rl_theory import calculate_baseline_and_std_per_prompt, grpo_advantage
 def direct_advantages(rewards, groups, valid, leave_one_out, normalize):
     """Per-sample loop over the definition (valid samples only), independent of the library."""
     out = []
-    for i, (r, g) in enumerate(zip(rewards, groups)):
+    for i, (r, g) in enumerate(zip(rewards, groups, strict=False)):
         members = [j for j, h in enumerate(groups) if h == g and valid[j]]
         if len(members) <= 1:
             out.append(0.0)

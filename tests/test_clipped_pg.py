@@ -179,11 +179,23 @@ def test_matches_per_token_reference_for_every_option(c, seed, sample_drop):
     lp, prev, adv, mask, generation, ref = random_batch(seed)
     sample_mask = torch.tensor([1.0, 0.0 if sample_drop else 1.0, 1.0], dtype=torch.float64)
     loss, metrics = clipped_pg_loss(
-        lp, prev, adv, mask, config=cfg, generation_logprobs=generation, reference_logprobs=ref,
+        lp,
+        prev,
+        adv,
+        mask,
+        config=cfg,
+        generation_logprobs=generation,
+        reference_logprobs=ref,
         sample_mask=sample_mask,
     )
     expected = reference_loss(
-        cfg, lp.tolist(), prev.tolist(), adv.tolist(), mask.tolist(), generation.tolist(), ref.tolist(),
+        cfg,
+        lp.tolist(),
+        prev.tolist(),
+        adv.tolist(),
+        mask.tolist(),
+        generation.tolist(),
+        ref.tolist(),
         sample_mask.tolist(),
     )
     assert loss.item() == pytest.approx(expected, rel=1e-9, abs=1e-12)
@@ -202,9 +214,9 @@ def test_gradient_matches_finite_differences(c, seed):
     lp, prev, adv, mask, generation, ref = random_batch(seed, B=2, T=3)
 
     def f(x):
-        return clipped_pg_loss(
-            x, prev, adv, mask, config=cfg, generation_logprobs=generation, reference_logprobs=ref
-        )[0]
+        return clipped_pg_loss(x, prev, adv, mask, config=cfg, generation_logprobs=generation, reference_logprobs=ref)[
+            0
+        ]
 
     assert torch.autograd.gradcheck(f, (lp.clone().requires_grad_(),), eps=1e-7, atol=1e-6)
 
@@ -219,8 +231,9 @@ def test_hand_computed_ppo_case_table():
     advantages = [1.0, 1.0, -1.0, -1.0]
     prev = torch.zeros(4, 1, dtype=torch.float64)
     lp = torch.tensor([[math.log(r)] for r in ratios], dtype=torch.float64, requires_grad=True)
-    loss, metrics = clipped_pg_loss(lp, prev, torch.tensor(advantages, dtype=torch.float64), torch.ones(4, 1),
-                                    config=hand_config())
+    loss, metrics = clipped_pg_loss(
+        lp, prev, torch.tensor(advantages, dtype=torch.float64), torch.ones(4, 1), config=hand_config()
+    )
     loss.backward()
     # Row 0: A>0, r=1.5 > 1.2 -> clipped: -1.2 (no gradient)
     # Row 1: A>0, r=0.5 < 0.8 -> unclipped: -0.5 (gradient -A r = -0.5)
@@ -234,8 +247,13 @@ def test_hand_computed_ppo_case_table():
 
 def test_dual_clip_bounds_negative_advantage_loss():
     lp = torch.tensor([[math.log(5.0)]], dtype=torch.float64, requires_grad=True)
-    loss, metrics = clipped_pg_loss(lp, torch.zeros(1, 1, dtype=torch.float64), torch.tensor([-2.0], dtype=torch.float64),
-                                    torch.ones(1, 1), config=hand_config(ratio_clip_c=3.0))
+    loss, metrics = clipped_pg_loss(
+        lp,
+        torch.zeros(1, 1, dtype=torch.float64),
+        torch.tensor([-2.0], dtype=torch.float64),
+        torch.ones(1, 1),
+        config=hand_config(ratio_clip_c=3.0),
+    )
     loss.backward()
     assert loss.item() == pytest.approx(3.0 * 2.0 / (1 + EPS))  # -c A instead of -r A = 10
     assert lp.grad.item() == 0.0 and metrics["clip_fraction"] == pytest.approx(1.0)
@@ -251,8 +269,13 @@ def test_gradient_vanishes_exactly_where_the_clip_is_active(log_ratio, a, eps_lo
     r = math.exp(log_ratio)
     assume(abs(r - (1 + eps_high)) > 1e-6 and abs(r - (1 - eps_low)) > 1e-6)
     lp = torch.tensor([[log_ratio]], dtype=torch.float64, requires_grad=True)
-    loss, _ = clipped_pg_loss(lp, torch.zeros(1, 1, dtype=torch.float64), torch.tensor([a], dtype=torch.float64),
-                              torch.ones(1, 1), config=hand_config(ratio_clip_min=eps_low, ratio_clip_max=eps_high))
+    loss, _ = clipped_pg_loss(
+        lp,
+        torch.zeros(1, 1, dtype=torch.float64),
+        torch.tensor([a], dtype=torch.float64),
+        torch.ones(1, 1),
+        config=hand_config(ratio_clip_min=eps_low, ratio_clip_max=eps_high),
+    )
     loss.backward()
     clipped = (a > 0 and r > 1 + eps_high) or (a < 0 and r < 1 - eps_low)
     if clipped:
@@ -265,7 +288,7 @@ def test_gradient_vanishes_exactly_where_the_clip_is_active(log_ratio, a, eps_lo
 @pytest.mark.parametrize("n_micro", [2, 3])
 def test_micro_batches_with_global_counts_sum_to_the_full_batch(token_level, n_micro):
     cfg = ClippedPGConfig(token_level_loss=token_level, reference_policy_kl_penalty=0.1)
-    lp, prev, adv, mask, generation, ref = random_batch(5, B=6, T=7)
+    lp, prev, adv, mask, _generation, ref = random_batch(5, B=6, T=7)
     sample_mask = torch.tensor([1, 1, 0, 1, 1, 1], dtype=torch.float64)
     x = lp.clone().requires_grad_()
     full, _ = clipped_pg_loss(x, prev, adv, mask, config=cfg, reference_logprobs=ref, sample_mask=sample_mask)
@@ -274,8 +297,17 @@ def test_micro_batches_with_global_counts_sum_to_the_full_batch(token_level, n_m
     n_toks, n_seqs = (mask * sample_mask[:, None]).sum(), sample_mask.sum()
     total = torch.zeros((), dtype=torch.float64)
     for idx in torch.arange(6).chunk(n_micro):
-        part, _ = clipped_pg_loss(x[idx], prev[idx], adv[idx], mask[idx], config=cfg, reference_logprobs=ref[idx],
-                                  sample_mask=sample_mask[idx], global_valid_toks=n_toks, global_valid_seqs=n_seqs)
+        part, _ = clipped_pg_loss(
+            x[idx],
+            prev[idx],
+            adv[idx],
+            mask[idx],
+            config=cfg,
+            reference_logprobs=ref[idx],
+            sample_mask=sample_mask[idx],
+            global_valid_toks=n_toks,
+            global_valid_seqs=n_seqs,
+        )
         total = total + part
     (split_grad,) = torch.autograd.grad(total, x)
     torch.testing.assert_close(total, full)
@@ -288,8 +320,9 @@ def test_kl_gradient_carries_the_score_function_term():
     ref = torch.tensor([[-1.5, -1.0]], dtype=torch.float64)
     beta = 0.1
     cfg = ClippedPGConfig(reference_policy_kl_penalty=beta)
-    loss, metrics = clipped_pg_loss(lp, lp.detach(), torch.zeros(1), torch.ones(1, 2), config=cfg,
-                                    reference_logprobs=ref)
+    loss, metrics = clipped_pg_loss(
+        lp, lp.detach(), torch.zeros(1), torch.ones(1, 2), config=cfg, reference_logprobs=ref
+    )
     loss.backward()
     x = (ref - lp).detach()
     k3 = torch.exp(x) - 1 - x
@@ -302,8 +335,9 @@ def test_on_policy_kl_weight_uses_generation_logprobs():
     gen = torch.tensor([[-1.4]], dtype=torch.float64)
     ref = torch.tensor([[-2.0]], dtype=torch.float64)
     cfg = ClippedPGConfig(reference_policy_kl_penalty=1.0, use_on_policy_kl_approximation=True)
-    loss, _ = clipped_pg_loss(lp, lp.detach(), torch.zeros(1), torch.ones(1, 1), config=cfg,
-                              generation_logprobs=gen, reference_logprobs=ref)
+    loss, _ = clipped_pg_loss(
+        lp, lp.detach(), torch.zeros(1), torch.ones(1, 1), config=cfg, generation_logprobs=gen, reference_logprobs=ref
+    )
     loss.backward()
     x = -1.0
     k3 = math.exp(x) - 1 - x
@@ -341,11 +375,16 @@ def test_padding_with_neg_inf_stays_finite():
     mask[1, 3:] = 0
     for t in (lp, prev, generation, ref):
         t[1, 3:] = -float("inf")
-    cfg = ClippedPGConfig(use_importance_sampling_correction=True, use_on_policy_kl_approximation=True,
-                          truncated_importance_sampling_type="tis", truncated_importance_sampling_ratio=2.0)
+    cfg = ClippedPGConfig(
+        use_importance_sampling_correction=True,
+        use_on_policy_kl_approximation=True,
+        truncated_importance_sampling_type="tis",
+        truncated_importance_sampling_ratio=2.0,
+    )
     x = lp.clone().requires_grad_()
-    loss, metrics = clipped_pg_loss(x, prev, adv, mask, config=cfg, generation_logprobs=generation,
-                                    reference_logprobs=ref)
+    loss, metrics = clipped_pg_loss(
+        x, prev, adv, mask, config=cfg, generation_logprobs=generation, reference_logprobs=ref
+    )
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(x.grad).all()
     assert (x.grad[1, 3:] == 0).all()
@@ -374,7 +413,14 @@ def test_float32_agrees_with_float64():
     lp, prev, adv, mask, generation, ref = random_batch(9)
     cfg = ClippedPGConfig(use_importance_sampling_correction=True)
     l64, _ = clipped_pg_loss(lp, prev, adv, mask, config=cfg, generation_logprobs=generation, reference_logprobs=ref)
-    l32, _ = clipped_pg_loss(lp.float(), prev.float(), adv.float(), mask.float(), config=cfg,
-                             generation_logprobs=generation.float(), reference_logprobs=ref.float())
+    l32, _ = clipped_pg_loss(
+        lp.float(),
+        prev.float(),
+        adv.float(),
+        mask.float(),
+        config=cfg,
+        generation_logprobs=generation.float(),
+        reference_logprobs=ref.float(),
+    )
     assert l32.dtype == torch.float32
     assert l32.item() == pytest.approx(l64.item(), rel=1e-5, abs=1e-6)

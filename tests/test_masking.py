@@ -63,6 +63,6 @@ def test_micro_batches_with_global_factor_sum_to_full_batch(n_micro, rows, cols,
     full = masked_mean(values, mask)
     split = sum(
         masked_mean(v, m, global_normalization_factor=total)
-        for v, m in zip(values.chunk(n_micro), mask.chunk(n_micro))
+        for v, m in zip(values.chunk(n_micro), mask.chunk(n_micro), strict=False)
     )
     torch.testing.assert_close(split, full)

@@ -71,9 +71,7 @@ def pg(logprobs, prev_logprobs, advantages, mask=None, **kwargs):
     kwargs.setdefault("reference_policy_kl_penalty", 0.0)
     if mask is None:
         mask = torch.ones_like(logprobs)
-    return clipped_pg_loss(
-        logprobs, prev_logprobs, advantages, mask, config=ClippedPGConfig(**kwargs), **call
-    )
+    return clipped_pg_loss(logprobs, prev_logprobs, advantages, mask, config=ClippedPGConfig(**kwargs), **call)
 
 
 # The recurring NeMo scenario (after its [:, 1:] slice): one sequence, three valid tokens.
@@ -257,9 +255,7 @@ def test_baseline_basic_leave_one_out():
     # Leave-one-out over [1, 2, 3]: baselines mean(2,3), mean(1,3), mean(1,2) = 2.5, 2, 1.5;
     # std = sample std of the two others: |a - b| / sqrt(2) -> 0.7071, 1.4142, 0.7071.
     rewards = t32([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
-    baseline, std = calculate_baseline_and_std_per_prompt(
-        TWO_PROMPTS_OF_THREE, rewards, torch.ones(6), True
-    )
+    baseline, std = calculate_baseline_and_std_per_prompt(TWO_PROMPTS_OF_THREE, rewards, torch.ones(6), True)
     torch.testing.assert_close(baseline, t32([2.5, 2.0, 1.5, 5.5, 5.0, 4.5]), rtol=1e-5, atol=0)
     torch.testing.assert_close(
         std, t32([0.707107, 1.414214, 0.707107, 0.707107, 1.414214, 0.707107]), rtol=1e-5, atol=0
@@ -296,9 +292,7 @@ def test_baseline_singleton_groups_use_own_reward_and_zero_std():
 
 def test_baseline_identical_rewards_have_zero_std():
     rewards = t32([3.0, 3.0, 3.0, 7.0, 7.0, 7.0])
-    baseline, std = calculate_baseline_and_std_per_prompt(
-        TWO_PROMPTS_OF_THREE, rewards, torch.ones(6), True
-    )
+    baseline, std = calculate_baseline_and_std_per_prompt(TWO_PROMPTS_OF_THREE, rewards, torch.ones(6), True)
     torch.testing.assert_close(baseline, rewards, rtol=1e-5, atol=0)
     torch.testing.assert_close(std, torch.zeros(6), rtol=1e-5, atol=1e-6)
 
@@ -336,9 +330,7 @@ def test_baseline_group_with_one_valid_response_is_ignored():
 
 def test_baseline_numerical_precision_extremes():
     rewards = t32([1e-8, 2e-8, 3e-8, 1e8, 2e8, 3e8])
-    baseline, std = calculate_baseline_and_std_per_prompt(
-        TWO_PROMPTS_OF_THREE, rewards, torch.ones(6), True
-    )
+    baseline, std = calculate_baseline_and_std_per_prompt(TWO_PROMPTS_OF_THREE, rewards, torch.ones(6), True)
     torch.testing.assert_close(baseline, t32([2.5e-8, 2e-8, 1.5e-8, 2.5e8, 2e8, 1.5e8]), rtol=1e-5, atol=0)
     assert torch.isfinite(std).all()
 
@@ -381,9 +373,7 @@ def test_grpo_zero_std_group_is_not_normalized():
 
 def test_grpo_divides_by_std_plus_1e6():
     rewards = t64([1.0, 3.0])
-    adv = grpo_advantages(
-        rewards, torch.tensor([0, 0]), use_leave_one_out_baseline=False, normalize_rewards=True
-    )
+    adv = grpo_advantages(rewards, torch.tensor([0, 0]), use_leave_one_out_baseline=False, normalize_rewards=True)
     torch.testing.assert_close(adv, t64([-1.0, 1.0]) / (math.sqrt(2.0) + 1e-6), rtol=0, atol=1e-14)
 
 
@@ -411,16 +401,12 @@ def test_grpo_negative_advantages_are_symmetric():
 
 
 def test_grpo_all_identical_rewards_give_zero():
-    adv = grpo_advantages(
-        t32([5.0] * 4), torch.zeros(4, 1, dtype=torch.long), use_leave_one_out_baseline=False
-    )
+    adv = grpo_advantages(t32([5.0] * 4), torch.zeros(4, 1, dtype=torch.long), use_leave_one_out_baseline=False)
     torch.testing.assert_close(adv, torch.zeros(4))
 
 
 def test_grpo_small_nonzero_std_is_still_normalized():
-    adv = grpo_advantages(
-        t32([1.0, 1.01]), torch.zeros(2, 1, dtype=torch.long), use_leave_one_out_baseline=False
-    )
+    adv = grpo_advantages(t32([1.0, 1.01]), torch.zeros(2, 1, dtype=torch.long), use_leave_one_out_baseline=False)
     s = 1.0 / math.sqrt(2.0)
     torch.testing.assert_close(adv.abs(), t32([s, s]), rtol=1e-3, atol=0)
     assert adv[0] * adv[1] < 0
@@ -547,7 +533,11 @@ def test_cispo_with_importance_sampling_correction():
     cispo = -t32(ADV) * t32([[0.8, 1.0, 1.2]]) * curr
     weights = torch.exp(t32(PREV) - t32(GEN))
     loss, _ = pg(
-        curr, t32(PREV), t32(ADV), use_cispo=True, use_importance_sampling_correction=True,
+        curr,
+        t32(PREV),
+        t32(ADV),
+        use_cispo=True,
+        use_importance_sampling_correction=True,
         generation_logprobs=t32(GEN),
     )
     torch.testing.assert_close(loss, (weights * cispo).mean(), rtol=1e-3, atol=1e-3)
@@ -573,7 +563,9 @@ def test_dual_clip():
     # PPO max: [-0.5, 1, 40]; -A c = [-3, 3, 12]; for A < 0 take min -> [-0.5, 1, 12].
     # mean = 12.5 / 3 = 4.1667
     loss, _ = pg(
-        t32([[-1.69315, -1.0, -0.69741]]), t32([[-1.0, -1.0, -3.0]]), t32([[1.0, -1.0, -4.0]]),
+        t32([[-1.69315, -1.0, -0.69741]]),
+        t32([[-1.0, -1.0, -3.0]]),
+        t32([[1.0, -1.0, -4.0]]),
         ratio_clip_c=3.0,
     )
     torch.testing.assert_close(loss, t32(12.5 / 3), rtol=1e-3, atol=1e-4)
@@ -588,8 +580,11 @@ def test_kl_penalty_k3():
     # A = 0, so loss = beta * mean(k3) with log r = ref - curr = [-1, 0, 1]:
     # k3 = [e^-1 + 1 - 1, 0, e - 2] = [0.368, 0, 0.718]; mean 0.362; * 0.1 = 0.0362.
     loss, metrics = pg(
-        t32([[0.0, -1.0, -2.0]]), torch.zeros(1, 3), torch.zeros(1, 3),
-        reference_policy_kl_penalty=0.1, reference_logprobs=t32(REF),
+        t32([[0.0, -1.0, -2.0]]),
+        torch.zeros(1, 3),
+        torch.zeros(1, 3),
+        reference_policy_kl_penalty=0.1,
+        reference_logprobs=t32(REF),
     )
     lr = t64([[-1.0, 0.0, 1.0]])
     k3_mean = (lr.exp() - 1 - lr).sum().item() / (3 + EPS)
@@ -614,10 +609,13 @@ def test_kl_gradient_includes_sampling_score_term(use_on_policy_kl_approximation
     def grad(kl_penalty):
         lp = curr.clone().requires_grad_(True)
         loss, _ = pg(
-            lp, prev, adv,
+            lp,
+            prev,
+            adv,
             reference_policy_kl_penalty=kl_penalty,
             use_on_policy_kl_approximation=use_on_policy_kl_approximation,
-            generation_logprobs=gen, reference_logprobs=ref,
+            generation_logprobs=gen,
+            reference_logprobs=ref,
         )
         loss.backward()
         return lp.grad
@@ -637,8 +635,10 @@ def test_on_policy_kl_approximation_with_importance_sampling():
     #   w = exp(curr - gen) = [0.3033, 1.6487, 1.2281], k3 = [0.3069, 0, 0.0721]
     #   -> mean(w k3) = 0.060543, * 0.1 = 0.0060543; total -0.2004457.
     kwargs = dict(
-        use_on_policy_kl_approximation=True, use_importance_sampling_correction=True,
-        generation_logprobs=t32(GEN), reference_logprobs=t32(REF),
+        use_on_policy_kl_approximation=True,
+        use_importance_sampling_correction=True,
+        generation_logprobs=t32(GEN),
+        reference_logprobs=t32(REF),
     )
     loss_no_kl, _ = pg(t32(CURR), t32(PREV), t32(ADV), reference_policy_kl_penalty=0.0, **kwargs)
     torch.testing.assert_close(loss_no_kl, t32(-0.2065), atol=1e-4, rtol=1e-3)
@@ -661,13 +661,16 @@ def test_on_policy_kl_approximation_with_importance_sampling():
 )
 def test_truncated_importance_sampling_tis(sequence_level, expected):
     loss, metrics = pg(
-        t32(CURR), t32(PREV), t32(ADV),
+        t32(CURR),
+        t32(PREV),
+        t32(ADV),
         use_importance_sampling_correction=True,
         truncated_importance_sampling_type="tis",
         truncated_importance_sampling_ratio=0.8,
         sequence_level_importance_ratios=sequence_level,
         token_level_loss=not sequence_level,
-        generation_logprobs=t32(GEN), reference_logprobs=t32(REF),
+        generation_logprobs=t32(GEN),
+        reference_logprobs=t32(REF),
     )
     torch.testing.assert_close(loss, t32(expected), atol=1e-4, rtol=1e-3)
     assert "is_oob_ratio" in metrics
@@ -679,7 +682,9 @@ def test_icepop_zeroes_out_of_band_tokens():
     prev = t32([[-1.0, -1.0, -1.0]])
     gen = t32([[-0.5, -3.5, -0.8]])
     loss, metrics = pg(
-        prev.clone(), prev, t32(ADV),
+        prev.clone(),
+        prev,
+        t32(ADV),
         use_importance_sampling_correction=True,
         truncated_importance_sampling_type="icepop",
         truncated_importance_sampling_ratio=5.0,
@@ -696,7 +701,9 @@ def test_tis_reports_is_oob_ratio():
     # IS weights exp(prev - gen) = [1, 3, 0.5], upper bound 2, lower bound defaults to 0:
     # only the weight 3 is out of bounds -> 1/3.
     _, metrics = pg(
-        torch.zeros(1, 3), torch.log(t32([[1.0, 3.0, 0.5]])), torch.ones(1, 3),
+        torch.zeros(1, 3),
+        torch.log(t32([[1.0, 3.0, 0.5]])),
+        torch.ones(1, 3),
         use_importance_sampling_correction=True,
         truncated_importance_sampling_type="tis",
         truncated_importance_sampling_ratio=2.0,
@@ -717,7 +724,9 @@ def test_tis_min_bound(tis_min, expected_weights, expected_oob):
     #   is_oob = (w > max) | (w < tis_min); w = clamp(w, min=tis_min, max=max).
     # force_on_policy: prev = sg(curr), so the IS weights are exp(curr - gen) = [0.1, 1, 3].
     loss, metrics = pg(
-        torch.log(t32([[0.1, 1.0, 3.0]])), None, torch.ones(1, 3),
+        torch.log(t32([[0.1, 1.0, 3.0]])),
+        None,
+        torch.ones(1, 3),
         use_importance_sampling_correction=True,
         force_on_policy_ratio=True,
         truncated_importance_sampling_type="tis",
@@ -791,8 +800,11 @@ def test_gspo_sequence_level_ratio():
     # Sequence ratio exp(mean(log r)) = exp((-0.69315 + 0 + 0.40547) / 3) = 0.9086 (inside
     # the clip) -> -A * 0.9086 = [-0.9086, 0.9086, -1.8171], mean -0.6057.
     loss, _ = pg(
-        t32(CURR), t32(PREV), t32(ADV),
-        sequence_level_importance_ratios=True, token_level_loss=False,
+        t32(CURR),
+        t32(PREV),
+        t32(ADV),
+        sequence_level_importance_ratios=True,
+        token_level_loss=False,
     )
     torch.testing.assert_close(loss, t32(-0.6057), rtol=1e-3, atol=1e-4)
 
@@ -802,9 +814,7 @@ def test_gspo_batch_of_two():
     # 1.2: max(-A * 2.4697, -A * 1.2) = [-1.2, 2.4697, -2.4]. Mean of both rows = -0.4912.
     curr = t32(CURR * 2)
     prev = t32([[-1.0, -1.0, -1.0], [-2.0, -2.0, -2.0]])
-    loss, metrics = pg(
-        curr, prev, t32(ADV * 2), sequence_level_importance_ratios=True, token_level_loss=False
-    )
+    loss, metrics = pg(curr, prev, t32(ADV * 2), sequence_level_importance_ratios=True, token_level_loss=False)
     torch.testing.assert_close(loss, t32(-0.4912), rtol=1e-3, atol=1e-4)
     assert metrics["probs_ratio_max"] == pytest.approx(2.4697, rel=1e-3)
     assert metrics["probs_ratio_clamped_max"] == pytest.approx(1.2, rel=1e-6)
@@ -814,10 +824,14 @@ def test_gspo_with_importance_sampling_correction():
     # Sequence IS weight exp(sum(prev - gen)) = exp(-0.5 + 0.5 - 0.2) = 0.8187 times
     # [-0.9086, 0.9086, -1.8171] -> [-0.7439, 0.7439, -1.4877], mean -0.4959.
     loss, _ = pg(
-        t32(CURR), t32(PREV), t32(ADV),
+        t32(CURR),
+        t32(PREV),
+        t32(ADV),
         use_importance_sampling_correction=True,
-        sequence_level_importance_ratios=True, token_level_loss=False,
-        generation_logprobs=t32(GEN), reference_logprobs=t32(REF),
+        sequence_level_importance_ratios=True,
+        token_level_loss=False,
+        generation_logprobs=t32(GEN),
+        reference_logprobs=t32(REF),
     )
     torch.testing.assert_close(loss, t32(-0.4959), atol=1e-4, rtol=1e-3)
 
@@ -853,8 +867,12 @@ def test_zero_mask_gives_zero_loss():
     gen = torch.Generator().manual_seed(1)
     curr = torch.randn(1, 3, generator=gen) - 1.0
     loss, _ = pg(
-        curr, torch.zeros(1, 3), torch.zeros(1, 3), torch.zeros(1, 3),
-        reference_policy_kl_penalty=0.1, reference_logprobs=torch.zeros(1, 3),
+        curr,
+        torch.zeros(1, 3),
+        torch.zeros(1, 3),
+        torch.zeros(1, 3),
+        reference_policy_kl_penalty=0.1,
+        reference_logprobs=torch.zeros(1, 3),
     )
     torch.testing.assert_close(loss, t32(0.0))
 
@@ -1063,7 +1081,7 @@ def test_golden_loss_and_gradient(name):
 @pytest.mark.parametrize("name", list(GOLDEN_CASES))
 def test_golden_metrics(name):
     case = GOLDEN_CASES[name]
-    loss, _, metrics = _run_golden(case)
+    _loss, _, metrics = _run_golden(case)
     expected = {"loss": case["loss"], **case["metrics"]}
     missing = set(expected) - set(metrics)
     assert not missing, f"metrics lack NeMo keys {sorted(missing)}"
@@ -1075,11 +1093,17 @@ def test_golden_metrics(name):
 def test_golden_metrics_default_generation_logprobs_to_prev():
     # Without generation_logprobs the mismatch metrics compare prev with itself.
     loss, metrics = clipped_pg_loss(
-        t64(GOLDEN_CURR), t64(GOLDEN_PREV), t64(GOLDEN_ADV), t64(GOLDEN_MASK),
+        t64(GOLDEN_CURR),
+        t64(GOLDEN_PREV),
+        t64(GOLDEN_ADV),
+        t64(GOLDEN_MASK),
         config=ClippedPGConfig(reference_policy_kl_penalty=0.0),
     )
     loss_gen, _ = clipped_pg_loss(
-        t64(GOLDEN_CURR), t64(GOLDEN_PREV), t64(GOLDEN_ADV), t64(GOLDEN_MASK),
+        t64(GOLDEN_CURR),
+        t64(GOLDEN_PREV),
+        t64(GOLDEN_ADV),
+        t64(GOLDEN_MASK),
         config=ClippedPGConfig(reference_policy_kl_penalty=0.0),
         generation_logprobs=t64(GOLDEN_PREV),
     )
@@ -1103,7 +1127,7 @@ def test_golden_metrics_default_generation_logprobs_to_prev():
 
 def _reduction_inputs():
     g = torch.Generator().manual_seed(3)
-    curr = (torch.randn(3, 5, generator=g, dtype=F64) * 0.3 - 1.0)
+    curr = torch.randn(3, 5, generator=g, dtype=F64) * 0.3 - 1.0
     prev = curr.detach() + torch.randn(3, 5, generator=g, dtype=F64) * 0.2
     ref = curr.detach() + torch.randn(3, 5, generator=g, dtype=F64) * 0.3
     adv = torch.randn(3, 5, generator=g, dtype=F64)
@@ -1124,8 +1148,15 @@ def test_token_level_reduction_uses_global_valid_toks():
     curr, prev, ref, adv, mask, sample_mask = _reduction_inputs()
     beta, toks = 0.05, 17.0  # this micro-batch has 7 valid tokens; the global batch 17
     loss, _ = pg(
-        curr, prev, adv, mask, reference_policy_kl_penalty=beta, reference_logprobs=ref,
-        sample_mask=sample_mask, global_valid_toks=t64(toks), global_valid_seqs=t64(4.0),
+        curr,
+        prev,
+        adv,
+        mask,
+        reference_policy_kl_penalty=beta,
+        reference_logprobs=ref,
+        sample_mask=sample_mask,
+        global_valid_toks=t64(toks),
+        global_valid_seqs=t64(4.0),
     )
     ppo, kl = _per_token_ppo_and_kl(curr, prev, ref, adv, beta)
     m = mask * sample_mask[:, None]
@@ -1139,9 +1170,16 @@ def test_sequence_level_reduction_uses_global_valid_seqs():
     curr, prev, ref, adv, mask, sample_mask = _reduction_inputs()
     beta, seqs = 0.05, 4.0
     loss, _ = pg(
-        curr, prev, adv, mask, reference_policy_kl_penalty=beta, reference_logprobs=ref,
-        token_level_loss=False, sample_mask=sample_mask,
-        global_valid_toks=t64(17.0), global_valid_seqs=t64(seqs),
+        curr,
+        prev,
+        adv,
+        mask,
+        reference_policy_kl_penalty=beta,
+        reference_logprobs=ref,
+        token_level_loss=False,
+        sample_mask=sample_mask,
+        global_valid_toks=t64(17.0),
+        global_valid_seqs=t64(seqs),
     )
     ppo, kl = _per_token_ppo_and_kl(curr, prev, ref, adv, beta)
 
@@ -1153,13 +1191,18 @@ def test_sequence_level_reduction_uses_global_valid_seqs():
 
 
 def test_global_counts_default_to_local_counts():
-    curr, prev, ref, adv, mask, sample_mask = _reduction_inputs()
+    curr, prev, _ref, adv, mask, sample_mask = _reduction_inputs()
     for level in (True, False):
         kw = dict(token_level_loss=level, sample_mask=sample_mask)
         loss_default, _ = pg(curr, prev, adv, mask, **kw)
         loss_explicit, _ = pg(
-            curr, prev, adv, mask, **kw,
-            global_valid_toks=(mask * sample_mask[:, None]).sum(), global_valid_seqs=sample_mask.sum(),
+            curr,
+            prev,
+            adv,
+            mask,
+            **kw,
+            global_valid_toks=(mask * sample_mask[:, None]).sum(),
+            global_valid_seqs=sample_mask.sum(),
         )
         torch.testing.assert_close(loss_default, loss_explicit)
 
@@ -1190,8 +1233,12 @@ def test_importance_sampling_requires_generation_logprobs():
 def test_on_policy_kl_approximation_requires_generation_logprobs():
     with pytest.raises(ValueError):
         pg(
-            t32(CURR), t32(PREV), t32(ADV), reference_policy_kl_penalty=0.1,
-            use_on_policy_kl_approximation=True, reference_logprobs=t32(REF),
+            t32(CURR),
+            t32(PREV),
+            t32(ADV),
+            reference_policy_kl_penalty=0.1,
+            use_on_policy_kl_approximation=True,
+            reference_logprobs=t32(REF),
         )
 
 
@@ -1206,21 +1253,38 @@ def test_prev_logprobs_required_unless_forced_on_policy():
         # truncation without IS correction
         {"truncated_importance_sampling_type": "tis", "truncated_importance_sampling_ratio": 2.0},
         # unknown truncation type
-        {"use_importance_sampling_correction": True, "truncated_importance_sampling_type": "bogus",
-         "truncated_importance_sampling_ratio": 2.0},
+        {
+            "use_importance_sampling_correction": True,
+            "truncated_importance_sampling_type": "bogus",
+            "truncated_importance_sampling_ratio": 2.0,
+        },
         # missing / non-positive upper bound
         {"use_importance_sampling_correction": True, "truncated_importance_sampling_type": "tis"},
-        {"use_importance_sampling_correction": True, "truncated_importance_sampling_type": "tis",
-         "truncated_importance_sampling_ratio": 0.0},
+        {
+            "use_importance_sampling_correction": True,
+            "truncated_importance_sampling_type": "tis",
+            "truncated_importance_sampling_ratio": 0.0,
+        },
         # icepop and seq-mask-tis need a lower bound
-        {"use_importance_sampling_correction": True, "truncated_importance_sampling_type": "icepop",
-         "truncated_importance_sampling_ratio": 2.0},
-        {"use_importance_sampling_correction": True, "truncated_importance_sampling_type": "seq-mask-tis",
-         "truncated_importance_sampling_ratio": 2.0},
+        {
+            "use_importance_sampling_correction": True,
+            "truncated_importance_sampling_type": "icepop",
+            "truncated_importance_sampling_ratio": 2.0,
+        },
+        {
+            "use_importance_sampling_correction": True,
+            "truncated_importance_sampling_type": "seq-mask-tis",
+            "truncated_importance_sampling_ratio": 2.0,
+        },
         # seq-mask-tis is token-level IS with sequence masking
-        {"use_importance_sampling_correction": True, "truncated_importance_sampling_type": "seq-mask-tis",
-         "truncated_importance_sampling_ratio": 2.0, "truncated_importance_sampling_ratio_min": 0.5,
-         "sequence_level_importance_ratios": True, "token_level_loss": False},
+        {
+            "use_importance_sampling_correction": True,
+            "truncated_importance_sampling_type": "seq-mask-tis",
+            "truncated_importance_sampling_ratio": 2.0,
+            "truncated_importance_sampling_ratio_min": 0.5,
+            "sequence_level_importance_ratios": True,
+            "token_level_loss": False,
+        },
     ],
 )
 def test_invalid_truncated_importance_sampling_configs(bad):
@@ -1363,8 +1427,10 @@ def test_dpo_sft_averaging_with_varying_lengths():
     results = {}
     for avg in (False, True):
         cfg = DPOConfig(
-            reference_policy_kl_penalty=0.1, sft_loss_weight=0.5,
-            preference_average_log_probs=avg, sft_average_log_probs=avg,
+            reference_policy_kl_penalty=0.1,
+            sft_loss_weight=0.5,
+            preference_average_log_probs=avg,
+            sft_average_log_probs=avg,
         )
         _, results[avg] = dpo_loss(
             lp[chosen], lp[rejected], ref[chosen], ref[rejected], mask[chosen], mask[rejected], config=cfg
@@ -1406,12 +1472,21 @@ def test_dpo_metrics_match_formula(average):
     pair_mask = t64([1.0, 1.0, 0.0, 1.0])
     pairs = 6.0  # as if other micro-batches held 3 more valid pairs
     cfg = DPOConfig(
-        reference_policy_kl_penalty=beta, sft_loss_weight=0.3,
-        preference_average_log_probs=average, sft_average_log_probs=average,
+        reference_policy_kl_penalty=beta,
+        sft_loss_weight=0.3,
+        preference_average_log_probs=average,
+        sft_average_log_probs=average,
     )
     loss, metrics = dpo_loss(
-        c_lp, r_lp, c_ref, r_ref, c_mask, r_mask, config=cfg,
-        pair_mask=pair_mask, global_valid_pairs=t64(pairs),
+        c_lp,
+        r_lp,
+        c_ref,
+        r_ref,
+        c_mask,
+        r_mask,
+        config=cfg,
+        pair_mask=pair_mask,
+        global_valid_pairs=t64(pairs),
     )
 
     def reward(lp, ref, mask):

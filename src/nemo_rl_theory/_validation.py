@@ -38,9 +38,7 @@ def require_ndim(name: str, t: Tensor, ndims: Sequence[int], layout: str) -> Non
 
 def require_same_shape(name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
     if a.shape != b.shape:
-        raise ValueError(
-            f"{name_a} and {name_b} must have the same shape, got {_shape(a)} and {_shape(b)}"
-        )
+        raise ValueError(f"{name_a} and {name_b} must have the same shape, got {_shape(a)} and {_shape(b)}")
 
 
 def as_mask(name: str, mask: object, like: Tensor) -> Tensor:

@@ -32,7 +32,9 @@ def _group_index(prompt_ids: Tensor) -> Tensor:
     return inverse
 
 
-def _check_group_inputs(prompt_ids: object, rewards: object, valid_mask: object | None) -> tuple[Tensor, Tensor, Tensor]:
+def _check_group_inputs(
+    prompt_ids: object, rewards: object, valid_mask: object | None
+) -> tuple[Tensor, Tensor, Tensor]:
     prompt_ids = require_tensor("prompt_ids", prompt_ids)
     rewards = require_float_tensor("rewards", rewards)
     require_ndim("rewards", rewards, (1,), "[N]")
@@ -49,9 +51,7 @@ def _check_group_inputs(prompt_ids: object, rewards: object, valid_mask: object 
     else:
         valid = as_mask("valid_mask", valid_mask, rewards)
         if valid.shape != rewards.shape:
-            raise ValueError(
-                f"valid_mask must have shape [N] = [{rewards.shape[0]}], got {list(valid.shape)}"
-            )
+            raise ValueError(f"valid_mask must have shape [N] = [{rewards.shape[0]}], got {list(valid.shape)}")
     require_finite_where("rewards", rewards, valid != 0)
     return prompt_ids, rewards, valid
 

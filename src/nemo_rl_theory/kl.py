@@ -106,9 +106,7 @@ def _calculate_kl(
         clamped = log_ratio.clamp(min=-input_clamp_value, max=input_clamp_value)
         if importance_weights is not None:
             # A clamped token must not leak gradient through its weight either.
-            importance_weights = torch.where(
-                clamped == log_ratio, importance_weights, importance_weights.detach()
-            )
+            importance_weights = torch.where(clamped == log_ratio, importance_weights, importance_weights.detach())
         log_ratio = clamped
 
     if kl_type == "k1":

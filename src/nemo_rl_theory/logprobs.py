@@ -110,9 +110,7 @@ def _check_logits_targets(logits: object, targets: object, chunk_size: object) -
             f"targets must be token ids in [0, {vocab}) (the vocabulary of logits), "
             f"got values in [{int(targets.min())}, {int(targets.max())}]"
         )
-    if chunk_size is not None and (
-        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
-    ):
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive int (rows per chunk) or None, got {chunk_size!r}")
     return logits, targets
 

@@ -56,8 +56,7 @@ def masked_mean(
         # enlarge them: [B] against [B, 1] would silently reduce a [B, B] outer product.
         if broadcast != values.shape:
             raise ValueError(
-                f"mask of shape {list(mask_t.shape)} must match or broadcast to "
-                f"values of shape {list(values.shape)}"
+                f"mask of shape {list(mask_t.shape)} must match or broadcast to values of shape {list(values.shape)}"
             )
     require_normalization_factor("global_normalization_factor", global_normalization_factor)
     return _masked_mean(values, mask_t, dim, global_normalization_factor)

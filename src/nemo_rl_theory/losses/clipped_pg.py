@@ -126,17 +126,23 @@ class ClippedPGConfig:
                 )
             return
         if kind not in TRUNCATED_IS_TYPES:
-            raise ValueError(f"truncated_importance_sampling_type must be None or one of {TRUNCATED_IS_TYPES}, got {kind!r}")
+            raise ValueError(
+                f"truncated_importance_sampling_type must be None or one of {TRUNCATED_IS_TYPES}, got {kind!r}"
+            )
         if not self.use_importance_sampling_correction:
             raise ValueError(
                 f"truncated_importance_sampling_type={kind!r} requires use_importance_sampling_correction=True"
             )
         if ratio is None:
-            raise ValueError(f"truncated_importance_sampling_type={kind!r} requires truncated_importance_sampling_ratio")
+            raise ValueError(
+                f"truncated_importance_sampling_type={kind!r} requires truncated_importance_sampling_ratio"
+            )
         require_number("truncated_importance_sampling_ratio", ratio, low=0.0, low_inclusive=False)
         if kind in ("icepop", "seq-mask-tis"):
             if ratio_min is None:
-                raise ValueError(f"truncated_importance_sampling_type={kind!r} requires truncated_importance_sampling_ratio_min")
+                raise ValueError(
+                    f"truncated_importance_sampling_type={kind!r} requires truncated_importance_sampling_ratio_min"
+                )
         if ratio_min is not None:
             require_number("truncated_importance_sampling_ratio_min", ratio_min, low=0.0)
             if ratio_min > ratio:
@@ -145,7 +151,9 @@ class ClippedPGConfig:
                     f"got {ratio_min} > {ratio}"
                 )
         if kind == "seq-mask-tis" and self.sequence_level_importance_ratios:
-            raise ValueError("seq-mask-tis keeps token-level weights and is incompatible with sequence_level_importance_ratios=True")
+            raise ValueError(
+                "seq-mask-tis keeps token-level weights and is incompatible with sequence_level_importance_ratios=True"
+            )
 
 
 def _reduce(
