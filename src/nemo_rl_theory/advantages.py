@@ -99,17 +99,18 @@ def _baseline_and_std(prompt_ids: Tensor, rewards: Tensor, valid: Tensor, leave_
     n_groups = int(group.max()) + 1 if group.numel() else 0
 
     def group_sum(x: Tensor) -> Tensor:
-        return torch.zeros(n_groups, dtype=rewards.dtype).index_add_(0, group, x)[group]
+        return torch.zeros(n_groups, dtype=rewards.dtype, device=rewards.device).index_add_(0, group, x)[group]
 
-    valid_rewards = torch.where(valid != 0, rewards * valid, torch.zeros((), dtype=rewards.dtype))
+    valid_rewards = torch.where(valid != 0, rewards * valid, 0.0)
+    valid_squares = torch.where(valid != 0, rewards.square() * valid, 0.0)
     n_valid = group_sum(valid)
     sum_r = group_sum(valid_rewards)
-    sum_r2 = group_sum(torch.where(valid != 0, rewards.square() * valid, torch.zeros((), dtype=rewards.dtype)))
+    sum_r2 = group_sum(valid_squares)
     if leave_one_out:
         # Row i drops its own (valid-weighted) term; the count drops by one either way,
         # which is NeMo RL's convention (an invalid row's baseline is a sum over n - 1).
         sum_r = sum_r - valid_rewards
-        sum_r2 = sum_r2 - torch.where(valid != 0, rewards.square() * valid, torch.zeros((), dtype=rewards.dtype))
+        sum_r2 = sum_r2 - valid_squares
     n = n_valid - float(leave_one_out)
 
     baseline = sum_r / n
@@ -119,7 +120,7 @@ def _baseline_and_std(prompt_ids: Tensor, rewards: Tensor, valid: Tensor, leave_
 
     degenerate = n_valid <= 1
     baseline = torch.where(degenerate, rewards, baseline)
-    std = torch.where(degenerate, torch.zeros((), dtype=rewards.dtype), std)
+    std = torch.where(degenerate, 0.0, std)
     return baseline, std
 
 

@@ -19,6 +19,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from nemo_rl_theory._numerics import max_exponent
 from nemo_rl_theory._validation import (
     require_float_tensor,
     require_number,
@@ -114,7 +115,8 @@ def _calculate_kl(
     elif kl_type == "k2":
         kl = 0.5 * log_ratio.square()
     else:  # k3; validated by the caller
-        kl = torch.expm1(log_ratio) - log_ratio
+        # Without an input clamp, e^x can overflow; saturate it so the gradient stays finite.
+        kl = torch.expm1(log_ratio.clamp(max=max_exponent(log_ratio.dtype))) - log_ratio
 
     if importance_weights is not None:
         kl = importance_weights * kl

@@ -181,5 +181,5 @@ def entropy_from_logits(logits: Tensor) -> Tensor:
     p = torch.softmax(z, dim=-1)
     # Masked vocabulary entries (-inf) have p = 0 and contribute 0; replacing their logit by 0
     # first keeps both 0 * -inf and its gradient out of the sum.
-    finite_z = torch.where(torch.isfinite(z), z, torch.zeros((), dtype=z.dtype))
+    finite_z = torch.where(torch.isfinite(z), z, 0.0)
     return lse - (p * finite_z).sum(dim=-1)

@@ -7,6 +7,7 @@ from torch import Tensor
 
 from nemo_rl_theory._validation import (
     as_mask,
+    require_finite_where,
     require_float_tensor,
     require_normalization_factor,
 )
@@ -38,7 +39,8 @@ def masked_mean(
         values: ``Tensor[...]``, floating point.
         mask: same shape as ``values`` (bool, 0/1 or non-negative weights). Masked-out
             positions may hold ``-inf``/NaN (padding): they are *selected* away, never
-            multiplied, so neither the result nor its gradient is poisoned.
+            multiplied, so neither the result nor its gradient is poisoned. NaN/inf at a
+            counted position raises ``ValueError``.
         dim: reduce over this dimension only (``None``: over everything).
         global_normalization_factor: denominator to use instead of ``mask.sum(dim)``.
 
@@ -58,6 +60,10 @@ def masked_mean(
             raise ValueError(
                 f"mask of shape {list(mask_t.shape)} must match or broadcast to values of shape {list(values.shape)}"
             )
+    if dim is not None:
+        if isinstance(dim, bool) or not isinstance(dim, int) or not -values.dim() <= dim < max(values.dim(), 1):
+            raise ValueError(f"dim must be None or an int in [{-values.dim()}, {values.dim()}), got {dim!r}")
+    require_finite_where("values", values, (mask_t != 0).expand_as(values))
     require_normalization_factor("global_normalization_factor", global_normalization_factor)
     return _masked_mean(values, mask_t, dim, global_normalization_factor)
 
@@ -69,7 +75,7 @@ def _masked_mean(
     global_normalization_factor: Tensor | float | None = None,
 ) -> Tensor:
     """Unchecked core of :func:`masked_mean` for callers that validated their inputs."""
-    selected = torch.where(mask != 0, values * mask, torch.zeros((), dtype=values.dtype))
+    selected = torch.where(mask != 0, values * mask, 0.0)
     if dim is None:
         numerator = selected.sum()
         count = mask.expand_as(selected).sum()

@@ -30,7 +30,7 @@ def token_and_sample_masks(
     return token_mask, samples, token_mask * samples[:, None]
 
 
-def per_token(name: str, value: object, like: Tensor, counted: Tensor) -> Tensor:
+def per_token(name: str, value: object, like: Tensor, counted: Tensor, *, like_name: str = "logprobs") -> Tensor:
     """Check a ``[B, T]`` float input and zero it outside ``counted``.
 
     Padding may hold ``-inf`` or garbage; replacing it by 0 *before* any arithmetic keeps
@@ -38,9 +38,9 @@ def per_token(name: str, value: object, like: Tensor, counted: Tensor) -> Tensor
     finite.
     """
     t = require_float_tensor(name, value)
-    require_same_shape("logprobs", like, name, t)
+    require_same_shape(like_name, like, name, t)
     require_finite_where(name, t, counted)
-    return torch.where(counted, t, torch.zeros((), dtype=t.dtype))
+    return torch.where(counted, t, 0.0)
 
 
 def per_token_2d(name: str, value: object) -> Tensor:
@@ -49,6 +49,19 @@ def per_token_2d(name: str, value: object) -> Tensor:
     return t
 
 
-def check_factors(**factors: object) -> None:
-    for name, value in factors.items():
+def check_factors(**factors: tuple[object, Tensor]) -> None:
+    """Check each global count ``name=(value, local_count)``.
+
+    A global count covers this micro-batch and the others, so it cannot be smaller than the
+    local one; a smaller value (e.g. 0 with counted tokens) would silently inflate the loss.
+    """
+    for name, (value, local) in factors.items():
         require_normalization_factor(name, value)
+        if value is None:
+            continue
+        local_count = float(local)
+        if float(value) < local_count * (1 - 1e-6):
+            raise ValueError(
+                f"{name} = {float(value):g} is smaller than this micro-batch's own count "
+                f"({local_count:g}); it must count the whole global batch"
+            )

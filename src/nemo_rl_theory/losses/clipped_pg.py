@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from nemo_rl_theory._numerics import exp_or_zero, saturating_exp
 from nemo_rl_theory._validation import require_bool, require_number
 from nemo_rl_theory.kl import _calculate_kl, check_kl_type
 from nemo_rl_theory.losses._inputs import check_factors, per_token, per_token_2d, token_and_sample_masks
@@ -172,11 +173,6 @@ def _reduce(
     return _masked_mean(per_sequence, sample_mask, global_normalization_factor=global_valid_seqs)
 
 
-def _finite_or_zero(x: Tensor) -> Tensor:
-    # exp of an extreme log-ratio can overflow; NeMo RL zeroes such weights.
-    return torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
-
-
 def clipped_pg_loss(
     logprobs: Tensor,
     prev_logprobs: Tensor | None,
@@ -255,7 +251,9 @@ def clipped_pg_loss(
     logprobs = per_token_2d("logprobs", logprobs)
     token_mask, samples, full_mask = token_and_sample_masks(mask, sample_mask, logprobs)
     counted = full_mask != 0
-    check_factors(global_valid_seqs=global_valid_seqs, global_valid_toks=global_valid_toks)
+    check_factors(
+        global_valid_seqs=(global_valid_seqs, samples.sum()), global_valid_toks=(global_valid_toks, full_mask.sum())
+    )
     n_toks = full_mask.sum() if global_valid_toks is None else global_valid_toks
     n_seqs = samples.sum() if global_valid_seqs is None else global_valid_seqs
 
@@ -290,14 +288,15 @@ def clipped_pg_loss(
     else:
         gen = per_token("generation_logprobs", generation_logprobs, logprobs, counted).detach()
 
-    ref = None
-    if cfg.reference_policy_kl_penalty != 0:
-        if reference_logprobs is None:
-            raise ValueError(
-                "reference_logprobs is required when reference_policy_kl_penalty != 0 "
-                f"(got {cfg.reference_policy_kl_penalty}); pass them or set the penalty to 0"
-            )
+    if reference_logprobs is not None:  # checked whenever given, used only with a KL penalty
         ref = per_token("reference_logprobs", reference_logprobs, logprobs, counted).detach()
+    elif cfg.reference_policy_kl_penalty != 0:
+        raise ValueError(
+            "reference_logprobs is required when reference_policy_kl_penalty != 0 "
+            f"(got {cfg.reference_policy_kl_penalty}); pass them or set the penalty to 0"
+        )
+    else:
+        ref = None
 
     def mean_over_tokens(x: Tensor) -> Tensor:
         return _masked_mean(x, full_mask, global_normalization_factor=n_toks)
@@ -314,9 +313,9 @@ def clipped_pg_loss(
         js_divergence_error = mean_over_tokens(js)
 
     # --- KL penalty to the reference policy
-    if ref is not None:
+    if ref is not None and cfg.reference_policy_kl_penalty != 0:
         if cfg.use_on_policy_kl_approximation:
-            kl_weights = torch.exp(curr - gen)
+            kl_weights = exp_or_zero(curr - gen)  # an overflowing weight counts 0, as in NeMo RL
         else:
             kl_weights = torch.exp(curr - curr.detach())
         per_token_kl = cfg.reference_policy_kl_penalty * _calculate_kl(
@@ -325,11 +324,11 @@ def clipped_pg_loss(
             kl_type=cfg.reference_policy_kl_type,
             input_clamp_value=cfg.kl_input_clamp_value,
             output_clamp_value=cfg.kl_output_clamp_value,
-            importance_weights=_finite_or_zero(kl_weights),
+            importance_weights=kl_weights,
         )
         kl = _reduce(per_token_kl, token_mask, samples, full_mask, cfg.token_level_loss, n_toks, n_seqs)
     else:
-        kl = torch.zeros((), dtype=logprobs.dtype)
+        kl = torch.zeros((), dtype=logprobs.dtype, device=logprobs.device)
 
     # --- ratios and the clipped surrogate
     low, high = 1.0 - cfg.ratio_clip_min, 1.0 + cfg.ratio_clip_max
@@ -341,11 +340,13 @@ def clipped_pg_loss(
         ratios_clamped = curr
     else:
         log_ratios = curr - prev
+        # Saturating exp: a ratio that would overflow (log-ratio > ~88 in float32) is capped,
+        # keeping the gradient of the inactive branch of max() at 0 instead of 0 * inf = NaN.
         if cfg.sequence_level_importance_ratios:
             seq_log_ratio = _masked_mean(log_ratios, token_mask, dim=-1)
-            ratios = torch.exp(seq_log_ratio)[:, None].expand_as(curr)
+            ratios = saturating_exp(seq_log_ratio)[:, None].expand_as(curr)
         else:
-            ratios = torch.exp(log_ratios)
+            ratios = saturating_exp(log_ratios)
         ratios_clamped = ratios.clamp(low, high)
 
     if cfg.use_cispo:
@@ -366,9 +367,9 @@ def clipped_pg_loss(
     is_metrics: dict[str, float] = {}
     if cfg.sequence_level_importance_ratios:
         seq_log_w = ((prev - gen) * full_mask).sum(dim=-1)
-        actor_weights = _finite_or_zero(torch.exp(seq_log_w))[:, None]
+        actor_weights = exp_or_zero(seq_log_w)[:, None]  # overflow -> 0, as NeMo RL
     else:
-        actor_weights = _finite_or_zero(torch.exp(prev - gen))
+        actor_weights = exp_or_zero(prev - gen)
     kind = cfg.truncated_importance_sampling_type
     if kind == "tis":
         # Clamp to [min, max]; the lower bound defaults to 0 (plain upper truncation).
@@ -382,7 +383,7 @@ def clipped_pg_loss(
             actor_weights <= cfg.truncated_importance_sampling_ratio
         )
         is_metrics["is_oob_ratio"] = float(mean_over_tokens((~kept).expand_as(curr).to(curr.dtype)))
-        actor_weights = torch.where(kept, actor_weights, torch.zeros((), dtype=actor_weights.dtype))
+        actor_weights = torch.where(kept, actor_weights, 0.0)
     elif kind == "seq-mask-tis":
         geo_mean = torch.exp(_masked_mean(prev - gen, token_mask, dim=-1))
         kept_seq = (geo_mean >= cfg.truncated_importance_sampling_ratio_min) & (
@@ -393,7 +394,9 @@ def clipped_pg_loss(
         actor_weights = actor_weights * kept_seq.to(curr.dtype)[:, None]
     weights = actor_weights if cfg.use_importance_sampling_correction else None
 
-    weighted = clip_loss if weights is None else weights * clip_loss
+    # Select, don't multiply: a dropped token (weight 0) contributes 0 even if its surrogate
+    # overflowed to inf, where 0 * inf would be NaN.
+    weighted = clip_loss if weights is None else torch.where(weights != 0, weights * clip_loss, 0.0)
     actor_loss = _reduce(weighted, token_mask, samples, full_mask, cfg.token_level_loss, n_toks, n_seqs)
     loss = actor_loss + kl
 

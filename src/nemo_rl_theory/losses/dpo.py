@@ -110,7 +110,7 @@ def dpo_loss(
         pairs = as_mask("pair_mask", pair_mask, chosen)
         if pairs.shape != (n_pairs,):
             raise ValueError(f"pair_mask must have shape [P] = [{n_pairs}], got {list(pairs.shape)}")
-    check_factors(global_valid_pairs=global_valid_pairs)
+    check_factors(global_valid_pairs=(global_valid_pairs, pairs.sum()))
     denominator = pairs.sum() if global_valid_pairs is None else global_valid_pairs
 
     def side(name: str, logprobs: Tensor, reference: object, mask: object) -> tuple[Tensor, Tensor, Tensor]:
@@ -121,9 +121,11 @@ def dpo_loss(
                 f"got {list(logprobs.shape)} and {list(token_mask.shape)}"
             )
         counted = (token_mask != 0) & (pairs[:, None] != 0)
-        lp = per_token(f"{name}_logprobs", logprobs, logprobs, counted)
-        ref = per_token(f"{name}_reference_logprobs", reference, logprobs, counted).detach()
-        return lp, ref, torch.where(counted, token_mask, torch.zeros((), dtype=token_mask.dtype))
+        lp = per_token(f"{name}_logprobs", logprobs, logprobs, counted, like_name=f"{name}_logprobs")
+        ref = per_token(
+            f"{name}_reference_logprobs", reference, logprobs, counted, like_name=f"{name}_logprobs"
+        ).detach()
+        return lp, ref, torch.where(counted, token_mask, 0.0)
 
     lp_c, ref_c, mask_c = side("chosen", chosen, chosen_reference_logprobs, chosen_mask)
     lp_r, ref_r, mask_r = side("rejected", rejected, rejected_reference_logprobs, rejected_mask)
@@ -141,7 +143,7 @@ def dpo_loss(
         per_pair_nll = -_sequence_sum(lp_c, mask_c, cfg.sft_average_log_probs)
         sft_loss = _masked_mean(per_pair_nll, pairs, global_normalization_factor=denominator)
     else:
-        sft_loss = torch.zeros((), dtype=chosen.dtype)
+        sft_loss = torch.zeros((), dtype=chosen.dtype, device=chosen.device)
 
     loss = cfg.preference_loss_weight * preference_loss + cfg.sft_loss_weight * sft_loss
 

@@ -37,7 +37,7 @@ def nll_loss(
     """
     logprobs = per_token_2d("logprobs", logprobs)
     _, samples, full_mask = token_and_sample_masks(mask, sample_mask, logprobs)
-    check_factors(global_valid_toks=global_valid_toks)
+    check_factors(global_valid_toks=(global_valid_toks, full_mask.sum()))
     clean = per_token("logprobs", logprobs, logprobs, full_mask != 0)
     loss = -_masked_mean(clean, full_mask, global_normalization_factor=global_valid_toks)
     return loss, {
