@@ -265,7 +265,7 @@ def test_dual_clip_bounds_negative_advantage_loss():
     eps_low=st.sampled_from([0.1, 0.2]),
     eps_high=st.sampled_from([0.2, 0.28]),
 )
-def test_gradient_vanishes_exactly_where_the_clip_is_active(log_ratio, a, eps_low, eps_high):
+def test_clipped_region_is_flat_and_elsewhere_the_gradient_is_minus_a_r(log_ratio, a, eps_low, eps_high):
     r = math.exp(log_ratio)
     assume(abs(r - (1 + eps_high)) > 1e-6 and abs(r - (1 - eps_low)) > 1e-6)
     lp = torch.tensor([[log_ratio]], dtype=torch.float64, requires_grad=True)
@@ -278,35 +278,31 @@ def test_gradient_vanishes_exactly_where_the_clip_is_active(log_ratio, a, eps_lo
     )
     loss.backward()
     clipped = (a > 0 and r > 1 + eps_high) or (a < 0 and r < 1 - eps_low)
-    if clipped:
+    if clipped:  # the loss is the constant -A * bound, whatever the ratio beyond it
+        bound = 1 + eps_high if a > 0 else 1 - eps_low
+        assert loss.item() == pytest.approx(-a * bound / (1 + EPS), rel=1e-12)
         assert lp.grad.item() == 0.0
     else:  # d/d lp of -A r = -A r
         assert lp.grad.item() == pytest.approx(-a * r / (1 + EPS), rel=1e-12)
 
 
-@pytest.mark.parametrize("token_level", [True, False])
-@pytest.mark.parametrize("n_micro", [2, 3])
-def test_micro_batches_with_global_counts_sum_to_the_full_batch(token_level, n_micro):
-    cfg = ClippedPGConfig(token_level_loss=token_level, reference_policy_kl_penalty=0.1)
-    lp, prev, adv, mask, _generation, ref = random_batch(5, B=6, T=7)
+@given(c=configs, seed=st.integers(0, 2**16), n_micro=st.integers(1, 4))
+def test_micro_batches_with_global_counts_sum_to_the_full_batch(c, seed, n_micro):
+    # Loss and gradient of the full batch equal the sums over micro-batches that divide by the
+    # *global* counts: what gradient accumulation and data parallelism rely on.
+    cfg = build_config(c)
+    lp, prev, adv, mask, generation, ref = random_batch(seed, B=6, T=7)
     sample_mask = torch.tensor([1, 1, 0, 1, 1, 1], dtype=torch.float64)
+    inputs = {"generation_logprobs": generation, "reference_logprobs": ref, "sample_mask": sample_mask}
     x = lp.clone().requires_grad_()
-    full, _ = clipped_pg_loss(x, prev, adv, mask, config=cfg, reference_logprobs=ref, sample_mask=sample_mask)
+    full, _ = clipped_pg_loss(x, prev, adv, mask, config=cfg, **inputs)
     (full_grad,) = torch.autograd.grad(full, x)
 
-    n_toks, n_seqs = (mask * sample_mask[:, None]).sum(), sample_mask.sum()
+    counts = {"global_valid_toks": (mask * sample_mask[:, None]).sum(), "global_valid_seqs": sample_mask.sum()}
     total = torch.zeros((), dtype=torch.float64)
     for idx in torch.arange(6).chunk(n_micro):
         part, _ = clipped_pg_loss(
-            x[idx],
-            prev[idx],
-            adv[idx],
-            mask[idx],
-            config=cfg,
-            reference_logprobs=ref[idx],
-            sample_mask=sample_mask[idx],
-            global_valid_toks=n_toks,
-            global_valid_seqs=n_seqs,
+            x[idx], prev[idx], adv[idx], mask[idx], config=cfg, **{k: v[idx] for k, v in inputs.items()}, **counts
         )
         total = total + part
     (split_grad,) = torch.autograd.grad(total, x)

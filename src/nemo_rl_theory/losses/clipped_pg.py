@@ -220,6 +220,11 @@ def clipped_pg_loss(
     global ones when the batch is split into micro-batches or ranks, and the summed
     micro-batch losses equal the full-batch loss. Every denominator carries NeMo RL's +1e-8.
 
+    Overflow: a ratio whose log exceeds :math:`\log(\text{float max}) - 1` (87.7 in float32)
+    saturates there; importance weights that would overflow count 0 (NeMo RL's
+    ``nan_to_num``); a token with weight 0 contributes exactly 0. Loss and gradient stay free
+    of NaN for any finite input.
+
     Args:
         logprobs: ``Tensor[B, T]`` :math:`\log\pi_\theta` of the sampled tokens (carries the gradient).
         prev_logprobs: ``Tensor[B, T]`` :math:`\log\pi_\text{prev}` from the policy that the
