@@ -22,6 +22,7 @@ Conventions:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import re
 
@@ -292,6 +293,17 @@ class TestMaskedMean:
 # ======================================================================================
 
 
+def with_bad_row(logits: torch.Tensor, bad_row: str) -> torch.Tensor:
+    """Poison position [0, 1] of ``logits``: one NaN entry, one +inf entry, or every entry -inf."""
+    if bad_row == "nan-entry":
+        logits[0, 1, 3] = NAN
+    elif bad_row == "+inf-entry":
+        logits[0, 1, 3] = INF
+    else:
+        logits[0, 1, :] = -INF
+    return logits
+
+
 class TestTokenLogprobs:
     def test_wrong_type_is_rejected(self):
         logits, targets = logits_and_targets()
@@ -338,14 +350,8 @@ class TestTokenLogprobs:
     @pytest.mark.parametrize("bad_row", ["nan-entry", "+inf-entry", "all-neg-inf"])
     def test_non_finite_logits_row_is_rejected(self, bad_row):
         logits, targets = logits_and_targets()
-        if bad_row == "nan-entry":
-            logits[0, 1, 3] = NAN
-        elif bad_row == "+inf-entry":
-            logits[0, 1, 3] = INF
-        else:
-            logits[0, 1, :] = -INF
         with pytest.raises(ValueError, match=says("logits", "NaN|inf")):
-            token_logprobs(logits, targets)
+            token_logprobs(with_bad_row(logits, bad_row), targets)
 
     def test_partially_neg_inf_row_is_accepted_with_finite_gradient(self):
         # A masked vocabulary (some -inf logits, never the target's) is legitimate.
@@ -380,14 +386,8 @@ class TestEntropyFromLogits:
     @pytest.mark.parametrize("bad_row", ["nan-entry", "+inf-entry", "all-neg-inf"])
     def test_non_finite_logits_row_is_rejected(self, bad_row):
         logits, _ = logits_and_targets()
-        if bad_row == "nan-entry":
-            logits[1, 0, 2] = NAN
-        elif bad_row == "+inf-entry":
-            logits[1, 0, 2] = INF
-        else:
-            logits[1, 0, :] = -INF
         with pytest.raises(ValueError, match=says("logits", "NaN|inf")):
-            entropy_from_logits(logits)
+            entropy_from_logits(with_bad_row(logits, bad_row))
 
     def test_partially_neg_inf_row_is_accepted_with_finite_gradient(self):
         logits, _ = logits_and_targets()
@@ -573,15 +573,7 @@ class TestMasks:
 # ClippedPGConfig
 # ======================================================================================
 
-PG_FLAGS = [
-    "use_on_policy_kl_approximation",
-    "use_importance_sampling_correction",
-    "sequence_level_importance_ratios",
-    "token_level_loss",
-    "force_on_policy_ratio",
-    "disable_ppo_ratio",
-    "use_cispo",
-]
+PG_FLAGS = [f.name for f in dataclasses.fields(ClippedPGConfig) if f.default is False or f.default is True]
 
 IS_ON = {"use_importance_sampling_correction": True}
 NO_KL = {"reference_policy_kl_penalty": 0.0}

@@ -15,18 +15,16 @@ from nemo_rl_theory._validation import (
 )
 
 
-def token_and_sample_masks(
-    mask: object, sample_mask: object | None, like: Tensor, *, mask_name: str = "mask", sample_name: str = "sample_mask"
-) -> tuple[Tensor, Tensor, Tensor]:
+def token_and_sample_masks(mask: object, sample_mask: object | None, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Return ``(token_mask[B, T], sample_mask[B], mask = token_mask * sample_mask[:, None])``."""
-    token_mask = as_mask(mask_name, mask, like)
-    require_same_shape("logprobs", like, mask_name, token_mask)
+    token_mask = as_mask("mask", mask, like)
+    require_same_shape("logprobs", like, "mask", token_mask)
     if sample_mask is None:
         samples = torch.ones(like.shape[0], dtype=like.dtype, device=like.device)
     else:
-        samples = as_mask(sample_name, sample_mask, like)
+        samples = as_mask("sample_mask", sample_mask, like)
         if samples.shape != (like.shape[0],):
-            raise ValueError(f"{sample_name} must have shape [B] = [{like.shape[0]}], got {list(samples.shape)}")
+            raise ValueError(f"sample_mask must have shape [B] = [{like.shape[0]}], got {list(samples.shape)}")
     return token_mask, samples, token_mask * samples[:, None]
 
 

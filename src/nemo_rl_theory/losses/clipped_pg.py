@@ -9,7 +9,7 @@ truncations (TIS, ICE-POP, sequence-masked TIS). Config keys and defaults are Ne
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor
@@ -73,16 +73,9 @@ class ClippedPGConfig:
             value = getattr(self, key)
             if value is not None:
                 require_number(key, value, low=0.0, low_inclusive=False)
-        for key in (
-            "use_on_policy_kl_approximation",
-            "use_importance_sampling_correction",
-            "sequence_level_importance_ratios",
-            "token_level_loss",
-            "force_on_policy_ratio",
-            "disable_ppo_ratio",
-            "use_cispo",
-        ):
-            require_bool(key, getattr(self, key))
+        for field in fields(self):
+            if field.type == "bool":  # annotations are strings (postponed evaluation)
+                require_bool(field.name, getattr(self, field.name))
 
         # The clip range [1 - eps_low, 1 + eps_high] must contain 1 and stay positive. CISPO
         # clips a stop-gradient weight, where MiniMax-M1 drops the lower bound (eps_low = 1)
