@@ -12,6 +12,11 @@ import nox
 PYTHON = sys.executable
 
 nox.options.sessions = ["tests"]
+
+# The site build: -W turns every warning (a malformed formula, a broken link, a missing
+# citation) into an error, --keep-going reports them all, -T prints full tracebacks.
+SPHINX_ARGS = ["-c", ".", "-W", "--keep-going", "-T", "-b", "html", "-d", "docs/_build/doctrees", "docs"]
+SITE = "docs/_build/html"
 nox.options.default_venv_backend = "none"
 
 
@@ -32,3 +37,29 @@ def lint(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Benchmark ``token_logprobs`` against ``log_softmax + gather`` (args go to the script)."""
     session.run(PYTHON, "benchmarks/bench_token_logprobs.py", *session.posargs)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the site into docs/_build/html (executing pages), then check it works offline.
+
+    Extra args go to sphinx-build, e.g. ``nox -s docs -- -D nb_execution_mode=force`` to
+    re-execute every page or ``-E`` to re-read every source.
+    """
+    session.run(PYTHON, "-m", "sphinx", *SPHINX_ARGS, SITE, *session.posargs)
+    session.run(PYTHON, "scripts/check_site.py", SITE)
+
+
+@nox.session(name="docs-live")
+def docs_live(session: nox.Session) -> None:
+    """Live preview on http://127.0.0.1:8000, rebuilt on every change to docs/ or src/."""
+    session.run(
+        PYTHON, "-m", "sphinx_autobuild", *SPHINX_ARGS, SITE,
+        "--watch", "src", *session.posargs,
+    )  # fmt: skip
+
+
+@nox.session
+def notebooks(session: nox.Session) -> None:
+    """Write every executable page as a Jupyter notebook into notebooks/ (with jupytext)."""
+    session.run(PYTHON, "scripts/export_notebooks.py", *session.posargs)

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # One-command set-up on a fresh machine: creates .venv, installs the CPU build of torch
 # *first* (an unpinned torch would pull several GB of CUDA wheels), then the project with its
-# test/docs/dev extras, and finally runs the project's main job.
+# test/docs/dev extras and the site's KaTeX (npm), and finally builds the site.
 #
-#   scripts/setup.sh                 # set up, then run the main job
+#   scripts/setup.sh                 # set up, then build the site into docs/_build/html
 #   scripts/setup.sh --install-only  # set up only (what CI uses before the tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,9 +24,17 @@ fi
 .venv/bin/python -m pip install --quiet -e ".[dev]"
 .venv/bin/python -c "import torch, nemo_rl_theory; print(f'nemo_rl_theory {nemo_rl_theory.__version__} with torch {torch.__version__}')"
 
+# KaTeX renders every formula while the site builds (exact version from package-lock.json).
+if ! command -v npm >/dev/null 2>&1; then
+    echo "error: npm (Node.js >= 18) is needed to install KaTeX for the docs build" >&2
+    exit 1
+fi
+npm ci --no-audit --no-fund --loglevel=error
+
 if [ "${1:-}" = "--install-only" ]; then
     exit 0
 fi
 
-# Main job: measure token_logprobs against the naive log_softmax + gather.
-.venv/bin/nox -s bench
+# Main job: build the site (executing every page) and check it works offline.
+.venv/bin/nox -s docs
+echo "Site built: open docs/_build/html/index.html"

@@ -70,7 +70,7 @@ def calculate_kl(
         importance_weights: optional ``Tensor[B, T]`` multiplied in before the output clamp.
 
     Returns:
-        ``Tensor[B, T]``: the per-token estimate (not reduced; reduce with :func:`masked_mean`).
+        ``Tensor[B, T]``: the per-token estimate (not reduced; reduce with :func:`~nemo_rl_theory.masking.masked_mean`).
     """
     logprobs = require_float_tensor("logprobs", logprobs)
     reference_logprobs = require_float_tensor("reference_logprobs", reference_logprobs)

@@ -33,7 +33,7 @@ class ClippedPGConfig:
 
     #: :math:`\beta`, weight of the KL penalty to the reference policy (0 disables it).
     reference_policy_kl_penalty: float = 0.01
-    #: KL estimator: ``"k1"``, ``"k2"`` or ``"k3"``.
+    #: Which KL estimator to use, ``"k1"``, ``"k2"`` or ``"k3"``.
     reference_policy_kl_type: str = "k3"
     #: Clamp of the log-ratio inside the KL estimator (``None`` disables).
     kl_input_clamp_value: float | None = 20.0
@@ -55,15 +55,15 @@ class ClippedPGConfig:
     truncated_importance_sampling_ratio: float | None = None
     #: Lower bound (required by ICE-POP and sequence-masked TIS; TIS clamps to it, default 0).
     truncated_importance_sampling_ratio_min: float | None = None
-    #: GSPO: one ratio per sequence, the geometric mean of its token ratios.
+    #: One ratio per sequence (GSPO), the geometric mean of its token ratios.
     sequence_level_importance_ratios: bool = False
     #: Average over all valid tokens (True) or per sequence, then over sequences (False).
     token_level_loss: bool = True
     #: Use ratio :math:`= \exp(\log\pi_\theta - \mathrm{sg}(\log\pi_\theta)) = 1` (one update per rollout).
     force_on_policy_ratio: bool = False
-    #: REINFORCE / RLOO: the surrogate is :math:`-A \log\pi_\theta` with no ratio or clipping.
+    #: The surrogate is :math:`-A \log\pi_\theta` with no ratio or clipping (REINFORCE / RLOO).
     disable_ppo_ratio: bool = False
-    #: CISPO: :math:`-\mathrm{sg}(\operatorname{clip}(r)) A \log\pi_\theta`.
+    #: The CISPO surrogate :math:`-\mathrm{sg}(\operatorname{clip}(r)) A \log\pi_\theta`.
     use_cispo: bool = False
 
     def __post_init__(self) -> None:

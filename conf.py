@@ -1,0 +1,119 @@
+"""Sphinx configuration of the nemo-rl-theory site (pages in ``docs/``).
+
+Build with ``.venv/bin/nox -s docs``; it runs
+``sphinx-build -c . -W --keep-going -T docs docs/_build/html``. Every page is a MyST text
+notebook that myst-nb executes at build time; KaTeX (from ``node_modules``, installed by
+``scripts/setup.sh``) renders every formula while building, and a formula KaTeX cannot parse is
+a build error that names the page.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT / "docs" / "_ext"))
+
+import nemo_rl_theory  # noqa: E402
+
+project = "nemo-rl-theory"
+author = "nemo-rl-theory contributors"
+copyright = "2026, nemo-rl-theory contributors"
+release = version = nemo_rl_theory.__version__
+
+extensions = [
+    "myst_nb",  # loads myst_parser itself
+    "sphinx_design",
+    "sphinx_copybutton",
+    "sphinx.ext.autodoc",
+    "sphinx.ext.napoleon",
+    "sphinx.ext.intersphinx",
+    "sphinxcontrib.bibtex",
+    "sphinxcontrib.katex",
+    "strict_katex",  # docs/_ext: KaTeX from node_modules, parse errors fatal, CSS and fonts bundled
+]
+
+root_doc = "index"
+exclude_patterns = ["_build", "_ext", "**.ipynb_checkpoints", "Thumbs.db", ".DS_Store"]
+source_suffix = {".md": "myst-nb", ".ipynb": "myst-nb"}
+nitpicky = True
+# Types in signatures that are not documented on this site (no network at build time, so no
+# intersphinx inventories either).
+nitpick_ignore_regex = [(r"py:.*", r"(torch\.)?Tensor"), (r"py:.*", r"torch\..*"), (r"py:.*", r"Literal.*")]
+intersphinx_mapping: dict[str, tuple[str, str | None]] = {}
+
+# --- MyST -------------------------------------------------------------------------------------
+myst_enable_extensions = ["amsmath", "colon_fence", "deflist", "dollarmath", "fieldlist"]
+myst_heading_anchors = 3
+myst_dmath_double_inline = True
+
+# --- Execution (myst-nb) ----------------------------------------------------------------------
+# Pages are executed at build time and any exception fails the build with its traceback.
+nb_execution_mode = "cache"
+nb_execution_raise_on_error = True
+nb_execution_show_tb = True
+nb_execution_timeout = 60  # seconds per cell
+nb_merge_streams = True
+nb_execution_excludepatterns: list[str] = []
+# No ipywidgets on this site: keep myst-nb from adding require.js and the widget manager from a CDN.
+nb_ipywidgets_js: dict[str, dict[str, str]] = {}
+nb_render_image_options = {"align": "center"}
+
+
+def _library_fingerprint() -> str:
+    """Hash of the library's sources: part of the execution cache's path.
+
+    myst-nb's cache keys on a page's code cells only, so a change in ``src/nemo_rl_theory``
+    would otherwise serve stale outputs. A new fingerprint means a new cache folder (and,
+    since the path is an "env" config value, Sphinx re-reads every page).
+    """
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "src" / "nemo_rl_theory").rglob("*.py")):
+        digest.update(path.relative_to(ROOT).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+_CACHE_ROOT = ROOT / ".jupyter_cache"
+nb_execution_cache_path = str(_CACHE_ROOT / _library_fingerprint())
+if _CACHE_ROOT.is_dir():  # outputs of older library versions can never be served again
+    for stale in _CACHE_ROOT.iterdir():
+        if stale.is_dir() and str(stale) != nb_execution_cache_path:
+            shutil.rmtree(stale, ignore_errors=True)
+
+# --- References -------------------------------------------------------------------------------
+bibtex_bibfiles = ["docs/references.bib"]  # relative to this folder
+bibtex_default_style = "plain"
+bibtex_reference_style = "author_year"
+
+# --- API reference ----------------------------------------------------------------------------
+autodoc_member_order = "bysource"
+autodoc_typehints = "description"
+autodoc_typehints_format = "short"
+autodoc_default_options = {"members": True, "show-inheritance": False}
+napoleon_google_docstring = True
+napoleon_numpy_docstring = False
+napoleon_use_rtype = False
+
+# --- Math -------------------------------------------------------------------------------------
+html_math_renderer = "strict_katex"
+strict_katex_node_modules = str(ROOT / "node_modules")
+
+# --- HTML -------------------------------------------------------------------------------------
+html_theme = "sphinx_book_theme"
+html_title = "nemo-rl-theory"
+html_static_path: list[str] = []
+html_theme_options = {
+    "show_toc_level": 2,
+    "use_download_button": True,
+    "use_source_button": False,
+    "use_repository_button": False,
+    "navigation_with_keys": False,
+}
+html_last_updated_fmt = None
+html_copy_source = False
+copybutton_prompt_text = r">>> |\.\.\. |\$ "
+copybutton_prompt_is_regexp = True

@@ -1,0 +1,154 @@
+"""Static checks of the site's sources (fast; the build itself is ``nox -s docs``).
+
+* every display formula on an executable page is followed, within its section, by a code cell
+  that asserts something: a formula the code does not check is a defect;
+* text quotes only glued values the page defines, and cites only keys of references.bib;
+* the seeds' markup errors (two-colon card openers, ``++++``) are not repeated;
+* no placeholder text; every page converts to a valid notebook.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+PAGES = sorted(p for p in DOCS.rglob("*.md") if "_build" not in p.relative_to(DOCS).parts)
+
+_spec = importlib.util.spec_from_file_location("export_notebooks", ROOT / "scripts" / "export_notebooks.py")
+export_notebooks = importlib.util.module_from_spec(_spec)
+sys.modules["export_notebooks"] = export_notebooks
+_spec.loader.exec_module(export_notebooks)
+EXECUTABLE = export_notebooks.executable_pages(DOCS)
+
+ASSERTION = re.compile(r"\bassert\b|assert_close|assert_allclose|assert_array")
+FENCE = re.compile(r"^(`{3,}|~{3,})(.*)$")
+
+
+@dataclass
+class Block:
+    kind: str  # "formula", "check" (code cell that asserts), "code", "heading"
+    line: int
+
+
+def blocks(text: str) -> list[Block]:
+    """Formulas, code cells and headings of a MyST page, in order (1-based lines)."""
+    found: list[Block] = []
+    lines = text.splitlines()
+    i = 0
+    in_front_matter = bool(lines) and lines[0].strip() == "---"
+    while i < len(lines):
+        line = lines[i]
+        if in_front_matter:
+            in_front_matter = not (i > 0 and line.strip() == "---")
+            i += 1
+            continue
+        fence = FENCE.match(line)
+        if fence:
+            marker, info = fence.group(1), fence.group(2).strip()
+            end = i + 1
+            while end < len(lines) and not lines[end].startswith(marker):
+                end += 1
+            body = "\n".join(lines[i + 1 : end])
+            if info.startswith("{code-cell}"):
+                found.append(Block("check" if ASSERTION.search(body) else "code", i + 1))
+            elif info.startswith("{math}"):
+                found.append(Block("formula", i + 1))
+            i = end + 1
+            continue
+        if line.startswith("$$"):
+            found.append(Block("formula", i + 1))
+            # A one-line $$...$$ closes itself; otherwise skip to the closing $$.
+            if not (len(line.strip()) > 2 and line.rstrip().endswith("$$")) and "$$" not in line[2:]:
+                i += 1
+                while i < len(lines) and "$$" not in lines[i]:
+                    i += 1
+        elif re.match(r"^#{1,6} ", line):
+            found.append(Block("heading", i + 1))
+        i += 1
+    return found
+
+
+def unchecked_formulas(text: str) -> list[int]:
+    """Lines of display formulas with no asserting code cell after them in their section."""
+    missing: list[int] = []
+    pending: list[int] = []
+    for block in blocks(text):
+        if block.kind == "formula":
+            pending.append(block.line)
+        elif block.kind == "check":
+            pending = []
+        elif block.kind == "heading":
+            missing += pending
+            pending = []
+    return missing + pending
+
+
+def test_block_scanner_on_a_known_page() -> None:
+    text = (
+        "---\nkernelspec:\n  name: python3\n---\n# T\n\n$$\na\n$$\n\n```{code-cell} ipython3\nassert 1\n```\n"
+        "## S\n\n$$ b $$\n\n```python\n$$ not a formula $$\n```\n\n```{code-cell} ipython3\nx = 1\n```\n## U\n"
+    )
+    assert [(b.kind, b.line) for b in blocks(text)] == [
+        ("heading", 5), ("formula", 7), ("check", 11), ("heading", 14), ("formula", 16), ("code", 22), ("heading", 25),
+    ]  # fmt: skip
+    assert unchecked_formulas(text) == [16]
+
+
+def test_theory_pages_are_executable() -> None:
+    theory = {p.stem for p in (DOCS / "advanced" / "theory").glob("*.md")} - {"index"}
+    assert theory == {"mathematical-foundations", "grpo-theory", "dpo-theory", "sft-theory", "loss-functions"}
+    assert {p.stem for p in EXECUTABLE} >= theory
+
+
+@pytest.mark.parametrize("page", EXECUTABLE, ids=lambda p: str(p.relative_to(DOCS)))
+def test_every_formula_is_followed_by_a_check(page: Path) -> None:
+    missing = unchecked_formulas(page.read_text())
+    assert not missing, f"{page.relative_to(ROOT)}: formulas at lines {missing} have no asserting code cell after them"
+
+
+@pytest.mark.parametrize("page", EXECUTABLE, ids=lambda p: str(p.relative_to(DOCS)))
+def test_glued_values_quoted_in_the_text_are_defined(page: Path) -> None:
+    text = page.read_text()
+    defined = set(re.findall(r"""glue\(\s*["']([^"']+)["']""", text))
+    quoted = {key.split(":")[0] for key in re.findall(r"\{glue(?::\w+)?\}`([^`]+)`", text)}
+    assert quoted <= defined, f"{page.relative_to(ROOT)} quotes undefined glue keys {sorted(quoted - defined)}"
+
+
+BIB_KEYS = set(re.findall(r"^@\w+\{([^,]+),", (DOCS / "references.bib").read_text(), re.M))
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(DOCS)))
+def test_citations_exist_and_have_a_bibliography(page: Path) -> None:
+    text = page.read_text()
+    cited = {key.strip() for group in re.findall(r"\{footcite(?::\w+)?\}`([^`]+)`", text) for key in group.split(",")}
+    assert cited <= BIB_KEYS, f"{page.relative_to(ROOT)} cites unknown keys {sorted(cited - BIB_KEYS)}"
+    if cited:
+        assert "{footbibliography}" in text, f"{page.relative_to(ROOT)} cites papers but has no footbibliography"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(DOCS)))
+def test_no_seed_markup_errors_or_placeholders(page: Path) -> None:
+    for number, line in enumerate(page.read_text().splitlines(), 1):
+        where = f"{page.relative_to(ROOT)}:{number}"
+        assert not re.match(r"^::\{", line), f"{where}: card opened with two colons (needs three)"
+        assert not re.match(r"^\+{4,}\s*$", line), f"{where}: card footer separator must be exactly +++"
+        assert not re.search(r"coming soon|\bTODO\b|\bTBD\b|lorem ipsum|placeholder", line, re.I), f"{where}: {line}"
+
+
+def test_pages_export_to_valid_notebooks(tmp_path: Path) -> None:
+    written = export_notebooks.export(tmp_path, DOCS)
+    assert len(written) == len(EXECUTABLE) >= 5
+    import nbformat
+
+    for notebook_path, page in zip(written, EXECUTABLE):
+        notebook = nbformat.read(notebook_path, as_version=4)
+        code_cells = [cell for cell in notebook.cells if cell.cell_type == "code"]
+        assert len(code_cells) == page.read_text().count("```{code-cell}"), notebook_path
+        assert notebook.metadata["kernelspec"]["name"] == "python3"

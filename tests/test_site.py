@@ -1,0 +1,141 @@
+"""The site's promise: a broken page fails the build and names the page.
+
+Each fault is built as a one-page site with the real ``conf.py`` (scripts/page_build.py),
+execution forced, so these tests exercise exactly the configuration of ``nox -s docs``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("node") is None or not (ROOT / "node_modules" / "katex").is_dir(),
+    reason="the docs build needs node and node_modules/katex (scripts/setup.sh installs them)",
+)
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+page_build = _load("page_build")
+check_site = _load("check_site")
+
+
+def _page(body: str) -> str:
+    return page_build.MYST_NOTEBOOK_HEADER + "\n" + body
+
+
+GOOD_PAGE = _page(
+    """# A good page
+
+The masked mean of $x = (1, 2, 3)$ over the first two entries:
+
+$$
+\\bar x = \\frac{\\sum_i m_i x_i}{\\sum_i m_i}
+$$
+
+```{code-cell} ipython3
+import torch
+from myst_nb import glue
+from nemo_rl_theory import masked_mean
+
+value = masked_mean(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1, 1, 0])).item()
+direct = (1.0 + 2.0) / 2
+assert abs(value - direct) < 1e-6, (value, direct)
+glue("good_value", value, display=False)
+```
+
+The library gives {glue:text}`good_value:.4f`, as in {footcite:t}`schulman2017ppo`.
+
+```{footbibliography}
+```
+"""
+)
+
+FAULTS = {
+    "broken-cell": (
+        _page("# Broken cell\n\n```{code-cell} ipython3\nundefined_name + 1\n```\n"),
+        "NameError",
+    ),
+    "failing-assertion": (
+        _page(
+            "# Failing check\n\n$$\nk_3 = e^{\\ell} - 1 - \\ell\n$$\n\n"
+            "```{code-cell} ipython3\nimport math\nell = 0.5\n"
+            'assert math.exp(ell) - 1 - ell < 0, "k3 must be negative (it is not)"\n```\n'
+        ),
+        "k3 must be negative (it is not)",
+    ),
+    "broken-formula": (
+        _page("# Broken formula\n\nFine $x^2$, broken:\n\n$$\n\\frac{1}{2\n$$\n"),
+        "malformed LaTeX",
+    ),
+    "unknown-macro": (
+        _page("# Unknown macro\n\nInline $\\notamacro{x}$ in text.\n"),
+        "Undefined control sequence",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FAULTS))
+def test_fault_fails_the_build_naming_the_page(name: str, tmp_path: Path) -> None:
+    text, symptom = FAULTS[name]
+    result = page_build.build({name: text}, tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, f"the build of {name} succeeded:\n{output[-3000:]}"
+    assert f"{name}.md" in output, f"the failure does not name the page:\n{output[-3000:]}"
+    assert symptom in output, f"the failure does not say what broke ({symptom!r}):\n{output[-3000:]}"
+
+
+def test_good_page_builds_with_executed_glue_and_prerendered_math(tmp_path: Path) -> None:
+    result = page_build.build({"good": GOOD_PAGE}, tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    html = (tmp_path / "html" / "good.html").read_text()
+    assert "1.5000" in html  # the glued number, formatted by the text role
+    assert 'class="katex-display"' in html and 'class="katex"' in html  # rendered at build time
+    assert "\\frac" not in html.split('class="katex-mathml"')[0]  # no raw LaTeX left for a script
+    assert "Schulman" in html  # the footnote bibliography
+    assert check_site.check_site(tmp_path / "html") == []
+
+
+def _site(tmp_path: Path, page: str, css: str = "") -> Path:
+    (tmp_path / "_static").mkdir()
+    (tmp_path / "_static" / "local.css").write_text(css)
+    (tmp_path / "index.html").write_text(page)
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("page", "css", "problem"),
+    [
+        ('<script src="https://cdn.example.org/x.js"></script>', "", "remote asset https://cdn.example.org/x.js"),
+        ('<link rel="stylesheet" href="//cdn.example.org/x.css">', "", "remote asset //cdn.example.org/x.css"),
+        ('<img src="_static/missing.png">', "", "missing local asset _static/missing.png"),
+        ("", "@font-face { src: url(https://fonts.example.org/f.woff2) }", "remote asset https://fonts"),
+        ('<span class="katex-error">\\frac{</span>', "", "could not render"),
+        ('<div style="background: url(\'http://example.org/b.png\')"></div>', "", "remote asset http://example.org"),
+    ],
+)
+def test_check_site_flags_what_breaks_offline(tmp_path: Path, page: str, css: str, problem: str) -> None:
+    problems = check_site.check_site(_site(tmp_path, page, css))
+    assert len(problems) == 1 and problem in problems[0], problems
+
+
+def test_check_site_allows_links_and_local_assets(tmp_path: Path) -> None:
+    page = (
+        '<a href="https://arxiv.org/abs/2402.03300">paper</a><link rel="canonical" href="https://example.org/">'
+        '<link rel="stylesheet" href="_static/local.css?v=1"><img src="data:image/png;base64,AAAA">'
+    )
+    assert check_site.check_site(_site(tmp_path, page, "a { color: red }")) == []
