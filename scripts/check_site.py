@@ -63,7 +63,11 @@ class _AssetCollector(HTMLParser):
             value = values.get(attribute, "").strip()
             if not value:
                 continue
-            urls = [item.strip().split()[0] for item in value.split(",") if item.strip()] if attribute == "srcset" else [value]
+            urls = (
+                [item.strip().split()[0] for item in value.split(",") if item.strip()]
+                if attribute == "srcset"
+                else [value]
+            )
             self.assets.extend(urls)
 
     def handle_endtag(self, tag: str) -> None:
@@ -132,7 +136,11 @@ def main(argv: list[str]) -> int:
     for problem in problems:
         print(problem)
     pages = len(_pages(root.resolve()))
-    print(f"check_site: {pages} pages, {len(problems)} problem(s)" if problems else f"check_site: {pages} pages, offline-clean")
+    print(
+        f"check_site: {pages} pages, {len(problems)} problem(s)"
+        if problems
+        else f"check_site: {pages} pages, offline-clean"
+    )
     return 1 if problems else 0
 
 

@@ -147,7 +147,7 @@ def test_pages_export_to_valid_notebooks(tmp_path: Path) -> None:
     assert len(written) == len(EXECUTABLE) >= 5
     import nbformat
 
-    for notebook_path, page in zip(written, EXECUTABLE):
+    for notebook_path, page in zip(written, EXECUTABLE, strict=True):
         notebook = nbformat.read(notebook_path, as_version=4)
         code_cells = [cell for cell in notebook.cells if cell.cell_type == "code"]
         assert len(code_cells) == page.read_text().count("```{code-cell}"), notebook_path

@@ -125,7 +125,7 @@ def _site(tmp_path: Path, page: str, css: str = "") -> Path:
         ('<img src="_static/missing.png">', "", "missing local asset _static/missing.png"),
         ("", "@font-face { src: url(https://fonts.example.org/f.woff2) }", "remote asset https://fonts"),
         ('<span class="katex-error">\\frac{</span>', "", "could not render"),
-        ('<div style="background: url(\'http://example.org/b.png\')"></div>', "", "remote asset http://example.org"),
+        ("<div style=\"background: url('http://example.org/b.png')\"></div>", "", "remote asset http://example.org"),
     ],
 )
 def test_check_site_flags_what_breaks_offline(tmp_path: Path, page: str, css: str, problem: str) -> None:

@@ -35,9 +35,7 @@ STATIC_SUBDIR = "katex"
 def _katex_dist(config: Config) -> Path:
     dist = Path(config.strict_katex_node_modules) / "katex" / "dist"
     if not (dist / "katex.min.js").is_file():
-        raise ConfigError(
-            f"KaTeX not found in {dist}: run `npm ci` in the repository root (scripts/setup.sh does it)"
-        )
+        raise ConfigError(f"KaTeX not found in {dist}: run `npm ci` in the repository root (scripts/setup.sh does it)")
     return dist
 
 

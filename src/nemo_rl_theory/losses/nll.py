@@ -27,7 +27,8 @@ def nll_loss(
     token weighs the same, so long sequences weigh more than short ones.
 
     Args:
-        logprobs: ``Tensor[B, T]`` log-probs of the target tokens (e.g. :func:`~nemo_rl_theory.logprobs.token_logprobs`).
+        logprobs: ``Tensor[B, T]`` log-probs of the target tokens (e.g. from
+            :func:`~nemo_rl_theory.logprobs.token_logprobs`).
         mask: ``Tensor[B, T]`` token mask.
         global_valid_toks: valid tokens in the global batch (for micro-batching / data parallel).
         sample_mask: ``Tensor[B]`` (default all ones).
