@@ -9,13 +9,13 @@ a build error that names the page.
 
 from __future__ import annotations
 
-import hashlib
-import shutil
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT / "docs" / "_ext"))
+
+from execution_cache import library_fingerprint, select_cache  # noqa: E402
 
 import nemo_rl_theory  # noqa: E402
 
@@ -30,7 +30,6 @@ extensions = [
     "sphinx_copybutton",
     "sphinx.ext.autodoc",
     "sphinx.ext.napoleon",
-    "sphinx.ext.intersphinx",
     "sphinxcontrib.bibtex",
     "sphinxcontrib.katex",
     "strict_katex",  # docs/_ext: KaTeX from node_modules, parse errors fatal, CSS and fonts bundled
@@ -41,9 +40,8 @@ exclude_patterns = ["_build", "_ext", "**.ipynb_checkpoints", "Thumbs.db", ".DS_
 source_suffix = {".md": "myst-nb", ".ipynb": "myst-nb"}
 nitpicky = True
 # Types in signatures that are not documented on this site (no network at build time, so no
-# intersphinx inventories either).
+# intersphinx inventories to resolve them).
 nitpick_ignore_regex = [(r"py:.*", r"(torch\.)?Tensor"), (r"py:.*", r"torch\..*"), (r"py:.*", r"Literal.*")]
-intersphinx_mapping: dict[str, tuple[str, str | None]] = {}
 
 # --- MyST -------------------------------------------------------------------------------------
 myst_enable_extensions = ["amsmath", "colon_fence", "deflist", "dollarmath", "fieldlist"]
@@ -61,28 +59,10 @@ nb_execution_excludepatterns: list[str] = []
 # No ipywidgets on this site: keep myst-nb from adding require.js and the widget manager from a CDN.
 nb_ipywidgets_js: dict[str, dict[str, str]] = {}
 nb_render_image_options = {"align": "center"}
-
-
-def _library_fingerprint() -> str:
-    """Hash of the library's sources: part of the execution cache's path.
-
-    myst-nb's cache keys on a page's code cells only, so a change in ``src/nemo_rl_theory``
-    would otherwise serve stale outputs. A new fingerprint means a new cache folder (and,
-    since the path is an "env" config value, Sphinx re-reads every page).
-    """
-    digest = hashlib.sha256()
-    for path in sorted((ROOT / "src" / "nemo_rl_theory").rglob("*.py")):
-        digest.update(path.relative_to(ROOT).as_posix().encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-_CACHE_ROOT = ROOT / ".jupyter_cache"
-nb_execution_cache_path = str(_CACHE_ROOT / _library_fingerprint())
-if _CACHE_ROOT.is_dir():  # outputs of older library versions can never be served again
-    for stale in _CACHE_ROOT.iterdir():
-        if stale.is_dir() and str(stale) != nb_execution_cache_path:
-            shutil.rmtree(stale, ignore_errors=True)
+# Keyed on the library too (docs/_ext/execution_cache.py): a change in src/ re-executes every page.
+nb_execution_cache_path = str(
+    select_cache(ROOT / ".jupyter_cache", library_fingerprint(ROOT / "src" / "nemo_rl_theory"))
+)
 
 # --- References -------------------------------------------------------------------------------
 bibtex_bibfiles = ["docs/references.bib"]  # relative to this folder

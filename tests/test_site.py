@@ -139,3 +139,26 @@ def test_check_site_allows_links_and_local_assets(tmp_path: Path) -> None:
         '<link rel="stylesheet" href="_static/local.css?v=1"><img src="data:image/png;base64,AAAA">'
     )
     assert check_site.check_site(_site(tmp_path, page, "a { color: red }")) == []
+
+
+def test_library_change_selects_a_fresh_execution_cache(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("execution_cache", ROOT / "docs" / "_ext" / "execution_cache.py")
+    execution_cache = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(execution_cache)
+
+    package = tmp_path / "pkg"
+    shutil.copytree(ROOT / "src" / "nemo_rl_theory", package)
+    original = execution_cache.library_fingerprint(package)
+    assert original == execution_cache.library_fingerprint(ROOT / "src" / "nemo_rl_theory")
+    kl = package / "kl.py"
+    kl.write_text(kl.read_text() + "\n# an edit\n")
+    edited = execution_cache.library_fingerprint(package)
+    assert edited != original
+    (package / "kl.py").rename(package / "kl_renamed.py")
+    assert execution_cache.library_fingerprint(package) not in {original, edited}
+
+    cache_root = tmp_path / "cache"
+    old = execution_cache.select_cache(cache_root, original)
+    old.mkdir(parents=True)
+    new = execution_cache.select_cache(cache_root, edited)
+    assert new == cache_root / edited and not old.exists()
