@@ -29,11 +29,12 @@ EXECUTABLE = export_notebooks.executable_pages(DOCS)
 
 ASSERTION = re.compile(r"\bassert\b|assert_close|assert_allclose|assert_array")
 FENCE = re.compile(r"^(`{3,}|~{3,})(.*)$")
+HIDDEN = re.compile(r"hide-input|remove-input|hide-cell|remove-cell")
 
 
 @dataclass
 class Block:
-    kind: str  # "formula", "check" (code cell that asserts), "code", "heading"
+    kind: str  # "formula", "check" (visible code cell that asserts), "code", "hidden", "hidden-check", "heading"
     line: int
 
 
@@ -57,7 +58,11 @@ def blocks(text: str) -> list[Block]:
                 end += 1
             body = "\n".join(lines[i + 1 : end])
             if info.startswith("{code-cell}"):
-                found.append(Block("check" if ASSERTION.search(body) else "code", i + 1))
+                if HIDDEN.search(body.split("\n", 1)[0] if body.startswith(":tags:") else ""):
+                    # A hidden cell never counts as the check of a formula: checks stay visible.
+                    found.append(Block("hidden-check" if ASSERTION.search(body) else "hidden", i + 1))
+                else:
+                    found.append(Block("check" if ASSERTION.search(body) else "code", i + 1))
             elif info.startswith("{math}"):
                 found.append(Block("formula", i + 1))
             i = end + 1
@@ -94,11 +99,13 @@ def test_block_scanner_on_a_known_page() -> None:
     text = (
         "---\nkernelspec:\n  name: python3\n---\n# T\n\n$$\na\n$$\n\n```{code-cell} ipython3\nassert 1\n```\n"
         "## S\n\n$$ b $$\n\n```python\n$$ not a formula $$\n```\n\n```{code-cell} ipython3\nx = 1\n```\n## U\n"
+        "\n$$ c $$\n\n```{code-cell} ipython3\n:tags: [hide-input]\nassert 1\n```\n"
     )
     assert [(b.kind, b.line) for b in blocks(text)] == [
         ("heading", 5), ("formula", 7), ("check", 11), ("heading", 14), ("formula", 16), ("code", 22), ("heading", 25),
+        ("formula", 27), ("hidden-check", 29),
     ]  # fmt: skip
-    assert unchecked_formulas(text) == [16]
+    assert unchecked_formulas(text) == [16, 27]
 
 
 def test_theory_pages_are_executable() -> None:
@@ -111,6 +118,12 @@ def test_theory_pages_are_executable() -> None:
 def test_every_formula_is_followed_by_a_check(page: Path) -> None:
     missing = unchecked_formulas(page.read_text())
     assert not missing, f"{page.relative_to(ROOT)}: formulas at lines {missing} have no asserting code cell after them"
+
+
+@pytest.mark.parametrize("page", EXECUTABLE, ids=lambda p: str(p.relative_to(DOCS)))
+def test_checks_are_never_hidden(page: Path) -> None:
+    hidden = [b.line for b in blocks(page.read_text()) if b.kind == "hidden-check"]
+    assert not hidden, f"{page.relative_to(ROOT)}: cells at lines {hidden} assert but hide their code"
 
 
 @pytest.mark.parametrize("page", EXECUTABLE, ids=lambda p: str(p.relative_to(DOCS)))
