@@ -9,22 +9,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from support import ROOT, load_module
+
 DOCS = ROOT / "docs"
 PAGES = sorted(p for p in DOCS.rglob("*.md") if "_build" not in p.relative_to(DOCS).parts)
 
-_spec = importlib.util.spec_from_file_location("export_notebooks", ROOT / "scripts" / "export_notebooks.py")
-export_notebooks = importlib.util.module_from_spec(_spec)
-sys.modules["export_notebooks"] = export_notebooks
-_spec.loader.exec_module(export_notebooks)
+export_notebooks = load_module("scripts/export_notebooks.py")
 EXECUTABLE = export_notebooks.executable_pages(DOCS)
 
 ASSERTION = re.compile(r"\bassert\b|assert_close|assert_allclose|assert_array")

@@ -6,14 +6,12 @@ execution forced, so these tests exercise exactly the configuration of ``nox -s 
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from support import ROOT, load_module
 
 pytestmark = pytest.mark.skipif(
     shutil.which("node") is None or not (ROOT / "node_modules" / "katex").is_dir(),
@@ -21,16 +19,8 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-page_build = _load("page_build")
-check_site = _load("check_site")
+page_build = load_module("scripts/page_build.py")
+check_site = load_module("scripts/check_site.py")
 
 
 def _page(body: str) -> str:
@@ -142,9 +132,7 @@ def test_check_site_allows_links_and_local_assets(tmp_path: Path) -> None:
 
 
 def test_library_change_selects_a_fresh_execution_cache(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("execution_cache", ROOT / "docs" / "_ext" / "execution_cache.py")
-    execution_cache = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(execution_cache)
+    execution_cache = load_module("docs/_ext/execution_cache.py")
 
     package = tmp_path / "pkg"
     shutil.copytree(ROOT / "src" / "nemo_rl_theory", package)

@@ -44,12 +44,11 @@ def _configure(app: Sphinx, config: Config) -> None:
     config.katex_js_path = str(dist / "katex.min.js")
     config.katex_css_path = f"{STATIC_SUBDIR}/katex.min.css"
     config.katex_prerender = True
-    staging = Path(tempfile.mkdtemp(prefix="strict_katex_"))
-    shutil.copy2(dist / "katex.min.css", staging / "katex.min.css")
-    shutil.copytree(dist / "fonts", staging / "fonts")
-    # Sphinx copies a static folder's *contents*: nest it so the CSS keeps its relative font URLs.
+    # Sphinx copies a static folder's *contents*: nest KaTeX's files one level down so they
+    # land in _static/katex/ and the CSS keeps its relative font URLs.
     wrapper = Path(tempfile.mkdtemp(prefix="strict_katex_static_"))
-    staging.rename(wrapper / STATIC_SUBDIR)
+    shutil.copytree(dist / "fonts", wrapper / STATIC_SUBDIR / "fonts")
+    shutil.copy2(dist / "katex.min.css", wrapper / STATIC_SUBDIR / "katex.min.css")
     app._strict_katex_static = wrapper  # type: ignore[attr-defined]
     config.html_static_path = [*config.html_static_path, str(wrapper)]
 
