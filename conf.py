@@ -41,7 +41,12 @@ source_suffix = {".md": "myst-nb", ".ipynb": "myst-nb"}
 nitpicky = True
 # Types in signatures that are not documented on this site (no network at build time, so no
 # intersphinx inventories to resolve them).
-nitpick_ignore_regex = [(r"py:.*", r"(torch\.)?Tensor"), (r"py:.*", r"torch\..*"), (r"py:.*", r"Literal.*")]
+nitpick_ignore_regex = [
+    (r"py:.*", r"(torch\.)?Tensor"),
+    (r"py:.*", r"torch\..*"),
+    (r"py:.*", r"Literal.*"),
+    (r"py:.*", r"collections\.abc\..*"),
+]
 
 # --- MyST -------------------------------------------------------------------------------------
 myst_enable_extensions = ["amsmath", "colon_fence", "deflist", "dollarmath", "fieldlist"]

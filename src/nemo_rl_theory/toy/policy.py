@@ -70,7 +70,7 @@ class Rollout:
         responses: ``Tensor[B, R]`` the response tokens alone, right-padded with ``PAD``.
         response_lengths: ``Tensor[B]`` response tokens, ``EOS`` included.
         terminated: ``Tensor[B]`` bool, whether the response ended with ``EOS`` within the budget.
-        max_new_tokens: the response budget :math:`L_\\max`.
+        max_new_tokens: the response budget :math:`L_{\\max}`.
     """
 
     tokens: Tensor

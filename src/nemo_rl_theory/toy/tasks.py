@@ -206,7 +206,7 @@ def format_reward(problems: Problems, rollout: Rollout) -> Tensor:
 
 
 def length_reward(problems: Problems, rollout: Rollout) -> Tensor:
-    r"""Brevity: :math:`-|y| / L_\max` with :math:`|y|` the response length (``EOS`` included).
+    r"""Brevity: :math:`-|y| / L_{\max}` with :math:`|y|` the response length (``EOS`` included).
 
     It competes with correctness, which needs the full answer length.
     """

@@ -134,7 +134,7 @@ def train_sft(
     max_grad_norm: float | None = 1.0,
     lr_schedule: LRSchedule | None = None,
 ) -> History:
-    """Teacher-forced SFT on the reference answers with :func:`~nemo_rl_theory.losses.nll_loss`.
+    """Teacher-forced SFT on the reference answers with :func:`~nemo_rl_theory.losses.nll.nll_loss`.
 
     Each step draws ``batch_size`` fresh instances, so the loss is an unbiased estimate of the
     population NLL (no overfitting to a fixed set).
@@ -245,7 +245,7 @@ def _pair_logprobs(policy: nn.Module, pairs: PreferencePairs) -> tuple[Tensor, T
 def preference_metrics(
     policy: nn.Module, reference: nn.Module, pairs: PreferencePairs, *, config: DPOConfig | None = None
 ) -> dict[str, float]:
-    """:func:`~nemo_rl_theory.losses.dpo_loss` metrics on all ``pairs`` plus ``reward_margin``."""
+    """:func:`~nemo_rl_theory.losses.dpo.dpo_loss` metrics on all ``pairs`` plus ``reward_margin``."""
     with torch.no_grad():
         chosen, rejected = _pair_logprobs(policy, pairs)
         ref_chosen, ref_rejected = _pair_logprobs(reference, pairs)
@@ -268,7 +268,7 @@ def train_dpo(
     max_grad_norm: float | None = 1.0,
     lr_schedule: LRSchedule | None = None,
 ) -> History:
-    """Offline DPO over a fixed pair set with :func:`~nemo_rl_theory.losses.dpo_loss`.
+    """Offline DPO over a fixed pair set with :func:`~nemo_rl_theory.losses.dpo.dpo_loss`.
 
     ``reference`` defaults to a frozen copy of ``policy`` as it is on entry. Each step uses a
     random minibatch of ``batch_size`` pairs. The history has the loss's metrics per step plus
@@ -407,7 +407,7 @@ def collect_grpo_batch(
 
 
 def clipped_pg_objective(config: ClippedPGConfig | None = None) -> LossFn:
-    """The default GRPO loss: :func:`~nemo_rl_theory.losses.clipped_pg_loss` on a :class:`GRPOBatch`.
+    """The default GRPO loss: :func:`~nemo_rl_theory.losses.clipped_pg.clipped_pg_loss` on a :class:`GRPOBatch`.
 
     ``prev_logprobs`` are the generation log-probs (one update per rollout, so the ratio is 1 up
     to rounding) and each response's advantage is broadcast over its tokens.
