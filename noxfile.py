@@ -39,6 +39,12 @@ def bench(session: nox.Session) -> None:
     session.run(PYTHON, "benchmarks/bench_token_logprobs.py", *session.posargs)
 
 
+@nox.session(name="bench-toy")
+def bench_toy(session: nox.Session) -> None:
+    """Time the toy policy's sampler and training loops (args go to the script)."""
+    session.run(PYTHON, "benchmarks/bench_toy.py", *session.posargs)
+
+
 @nox.session
 def docs(session: nox.Session) -> None:
     """Build the site into docs/_build/html (executing pages), then check it works offline.
