@@ -104,10 +104,44 @@ def test_block_scanner_on_a_known_page() -> None:
     assert unchecked_formulas(text) == [16, 27]
 
 
-def test_theory_pages_are_executable() -> None:
-    theory = {p.stem for p in (DOCS / "advanced" / "theory").glob("*.md")} - {"index"}
-    assert theory == {"mathematical-foundations", "grpo-theory", "dpo-theory", "sft-theory", "loss-functions"}
-    assert {p.stem for p in EXECUTABLE} >= theory
+SECTIONS = {
+    "theory": {"mathematical-foundations", "grpo-theory", "dpo-theory", "sft-theory", "loss-functions"},
+    "training": {
+        "multi-objective-training",
+        "pareto-optimization",
+        "curriculum-learning",
+        "adaptive-curriculum",
+        "custom-loss-functions",
+        "loss-function-design",
+        "training-stability",
+        "learning-rate-scheduling",
+        "hyperparameter-optimization",
+        "multi-objective-tuning",
+    },
+}
+
+
+def toctree_entries(text: str) -> list[str]:
+    entries: list[str] = []
+    for body in re.findall(r"```\{toctree\}\n(.*?)```", text, re.S):
+        entries += [line.strip() for line in body.splitlines() if line.strip() and not line.startswith(":")]
+    return entries
+
+
+@pytest.mark.parametrize("section", sorted(SECTIONS))
+def test_section_pages_are_listed_and_executable(section: str) -> None:
+    folder = DOCS / "advanced" / section
+    pages = {p.stem for p in folder.glob("*.md")} - {"index"}
+    assert pages == SECTIONS[section]
+    assert set(toctree_entries((folder / "index.md").read_text())) == pages
+    assert f"{section}/index" in toctree_entries((DOCS / "advanced" / "index.md").read_text())
+    assert {p.stem for p in EXECUTABLE if p.parent == folder} == pages
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(DOCS)))
+def test_card_links_resolve(page: Path) -> None:
+    for target in re.findall(r"^:link: (\S+)\n:link-type: doc$", page.read_text(), re.M):
+        assert (page.parent / f"{target}.md").exists(), f"{page.relative_to(ROOT)}: card links to missing {target}"
 
 
 @pytest.mark.parametrize("page", EXECUTABLE, ids=lambda p: str(p.relative_to(DOCS)))

@@ -269,3 +269,32 @@ def test_grpo_raises_pass_rate_from_sft_start(seed: int) -> None:
     assert after > before + 0.10, (before, after)
     assert all(math.isfinite(x) for x in history["loss"])
     assert 0 < history["kl_penalty"][-1] < 1
+
+
+def test_clipping_matches_torch_and_nonfinite_gradients_stop_before_the_update() -> None:
+    # same clipped update as torch.nn.utils.clip_grad_norm_ + Adam, step for step
+    ours, theirs = sft_policy(TASK, steps=20), sft_policy(TASK, steps=20)
+    history = train_sft(ours, TASK, steps=3, lr=1e-2, seed=9, max_grad_norm=0.05)
+    optimizer = torch.optim.Adam(theirs.parameters(), lr=1e-2)
+    generator = gen(9)
+    for step in range(3):
+        problems = TASK.sample(64, generator)
+        tokens, mask = join_prompt_response(problems, problems.answers, problems.answer_lengths)
+        loss = -(sequence_logprobs(theirs, tokens) * mask).sum() / (mask.sum() + 1e-8)
+        optimizer.zero_grad()
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(theirs.parameters(), 0.05)
+        assert history["grad_norm"][step] == pytest.approx(float(norm), rel=1e-5)
+        optimizer.step()
+    for a, b in zip(ours.parameters(), theirs.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+
+    # a finite loss with a NaN gradient (sqrt at 0) is refused before Adam sees it
+    def sqrt_penalty(logprobs, batch):
+        return torch.sqrt(((logprobs - logprobs.detach()) ** 2).sum()), {}
+
+    policy = sft_policy(TASK, steps=20)
+    start = [p.detach().clone() for p in policy.parameters()]
+    with pytest.raises(FloatingPointError, match="gradient norm is nan at step 0"):
+        train_grpo(policy, TASK, steps=2, prompts_per_step=4, loss_fn=sqrt_penalty)
+    assert all(torch.equal(a, b) for a, b in zip(policy.parameters(), start, strict=True))

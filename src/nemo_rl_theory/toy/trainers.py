@@ -65,19 +65,32 @@ def _optimizer_step(
     lr_schedule: LRSchedule | None,
     max_grad_norm: float | None,
 ) -> dict[str, float]:
-    """Backward, optional global-norm clipping, scheduled learning rate, update."""
+    """Backward, a finiteness check, optional global-norm clipping, scheduled learning rate, update.
+
+    A non-finite loss, or a finite loss whose gradient holds NaN/inf (e.g. ``sqrt`` at 0), raises
+    ``FloatingPointError`` before the update, so parameters and optimizer state are untouched.
+    """
     if not torch.isfinite(loss):
-        raise FloatingPointError(f"loss is {float(loss)} at step {step}; lower lr or enable max_grad_norm")
+        raise FloatingPointError(f"loss is {float(loss.detach())} at step {step}; lower lr or enable max_grad_norm")
     current_lr = lr * (1.0 if lr_schedule is None else float(lr_schedule(step)))
     for group in optimizer.param_groups:
         group["lr"] = current_lr
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    norm = torch.nn.utils.clip_grad_norm_(
-        policy.parameters(), math.inf if max_grad_norm is None else max_grad_norm, error_if_nonfinite=False
-    )
+    grads = [p.grad for p in policy.parameters() if p.grad is not None]
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) if grads else None
+    if norm is not None and not torch.isfinite(norm):
+        raise FloatingPointError(
+            f"gradient norm is {float(norm)} at step {step} although the loss ({float(loss.detach())}) is finite; "
+            "the update was not applied"
+        )
+    if norm is not None and max_grad_norm is not None:
+        # torch.nn.utils.clip_grad_norm_'s rule: scale by max_norm / (norm + 1e-6) when that is < 1.
+        coefficient = torch.clamp(max_grad_norm / (norm + 1e-6), max=1.0)
+        for g in grads:
+            g.mul_(coefficient)
     optimizer.step()
-    return {"grad_norm": float(norm), "lr": current_lr}
+    return {"grad_norm": 0.0 if norm is None else float(norm), "lr": current_lr}
 
 
 def _append(history: History, metrics: dict[str, float]) -> None:
