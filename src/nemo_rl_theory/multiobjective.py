@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from nemo_rl_theory._validation import require_bool, require_number
+from nemo_rl_theory._validation import _shape, require_bool, require_number
 from nemo_rl_theory.advantages import grpo_advantages
 
 __all__ = [
@@ -44,10 +44,6 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------- validation
-
-
-def _shape(t: Tensor) -> str:
-    return "[" + ", ".join(str(s) for s in t.shape) + "]"
 
 
 def _require_finite(name: str, t: Tensor) -> None:

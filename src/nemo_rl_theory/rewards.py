@@ -29,18 +29,19 @@ Every function validates its inputs and raises ``TypeError`` (wrong type or dtyp
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
+from nemo_rl_theory._validation import _shape
+from nemo_rl_theory.toy.tasks import RewardFn
+
 if TYPE_CHECKING:
     from nemo_rl_theory.toy.policy import Rollout
     from nemo_rl_theory.toy.tasks import Problems
 
-#: ``reward(problems, rollout) -> Tensor[B]``, as :data:`nemo_rl_theory.toy.tasks.RewardFn`.
-RewardFn = Callable[["Problems", "Rollout"], Tensor]
 
 __all__ = [
     "RewardFn",
@@ -67,10 +68,6 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------- validation
-
-
-def _shape(t: Tensor) -> str:
-    return "[" + ", ".join(str(s) for s in t.shape) + "]"
 
 
 def _number(name: str, value: object) -> float:
