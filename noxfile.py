@@ -15,7 +15,7 @@ nox.options.sessions = ["tests"]
 
 # The site build: -W turns every warning (a malformed formula, a broken link, a missing
 # citation) into an error, --keep-going reports them all, -T prints full tracebacks.
-SPHINX_ARGS = ["-c", ".", "-j", "2", "-W", "--keep-going", "-T", "-b", "html", "-d", "docs/_build/doctrees", "docs"]
+SPHINX_ARGS = ["-c", ".", "-W", "--keep-going", "-T", "-b", "html", "-d", "docs/_build/doctrees", "docs"]
 SITE = "docs/_build/html"
 nox.options.default_venv_backend = "none"
 
