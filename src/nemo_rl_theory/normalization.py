@@ -28,7 +28,6 @@ import torch
 from torch import Tensor
 
 from nemo_rl_theory._validation import (
-    as_mask,
     require_finite_where,
     require_float_tensor,
     require_ndim,
@@ -37,6 +36,7 @@ from nemo_rl_theory._validation import (
     require_same_shape,
     require_tensor,
 )
+from nemo_rl_theory.losses._inputs import token_and_sample_masks
 from nemo_rl_theory.masking import MASKED_MEAN_EPS
 
 #: The reductions this module knows, in the order the pages plot them.
@@ -83,13 +83,7 @@ def _masks(mask: object, sample_mask: object | None) -> tuple[Tensor, Tensor]:
     m = require_tensor("mask", mask)
     require_ndim("mask", m, (2,), "[B, T]")
     like = torch.empty(m.shape, dtype=torch.float64, device=m.device)
-    token_mask = as_mask("mask", m, like)
-    if sample_mask is None:
-        samples = torch.ones(m.shape[0], dtype=torch.float64, device=m.device)
-    else:
-        samples = as_mask("sample_mask", sample_mask, like)
-        if samples.shape != (m.shape[0],):
-            raise ValueError(f"sample_mask must have shape [B] = [{m.shape[0]}], got {list(samples.shape)}")
+    token_mask, samples, _ = token_and_sample_masks(m, sample_mask, like)
     return token_mask, samples
 
 

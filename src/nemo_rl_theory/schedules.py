@@ -184,14 +184,9 @@ class ConstantWithWarmup(_Schedule):
 
 
 @dataclass(frozen=True)
-class WarmupLinearDecay(_Schedule):
-    r"""Linear warmup over :math:`W` steps, linear decay to :math:`r` at step :math:`T`, then :math:`r`.
-
-    .. math::
-
-        m(t) = \begin{cases} s + (1 - s)\, t / W & t < W \\
-        1 - (1 - r)\, \dfrac{t - W}{T - W} & W \le t \le T \\ r & t > T \end{cases}
-    """
+class _WarmupThenDecay(_Schedule):
+    """Shared fields of the warmup-then-decay schedules: warmup over ``warmup_steps`` from
+    ``warmup_start_factor``, decay until ``total_steps`` to ``min_lr_ratio``, then hold."""
 
     warmup_steps: int
     total_steps: int
@@ -203,6 +198,17 @@ class WarmupLinearDecay(_Schedule):
         _check_int("total_steps", self.total_steps, self.warmup_steps + 1)
         _check_real("warmup_start_factor", self.warmup_start_factor, 0.0, 1.0, open_low=True)
         _check_real("min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class WarmupLinearDecay(_WarmupThenDecay):
+    r"""Linear warmup over :math:`W` steps, linear decay to :math:`r` at step :math:`T`, then :math:`r`.
+
+    .. math::
+
+        m(t) = \begin{cases} s + (1 - s)\, t / W & t < W \\
+        1 - (1 - r)\, \dfrac{t - W}{T - W} & W \le t \le T \\ r & t > T \end{cases}
+    """
 
     def lr_multiplier(self, step: int) -> float:
         t = _check_step(step)
@@ -222,7 +228,7 @@ class WarmupLinearDecay(_Schedule):
 
 
 @dataclass(frozen=True)
-class WarmupCosineDecay(_Schedule):
+class WarmupCosineDecay(_WarmupThenDecay):
     r"""Linear warmup over :math:`W` steps, cosine decay to :math:`r` at step :math:`T`, then :math:`r`.
 
     .. math::
@@ -235,17 +241,6 @@ class WarmupCosineDecay(_Schedule):
     ``ConstantLR(factor=r)`` to hold the floor (``CosineAnnealingLR`` alone climbs back up after
     ``T_max``), with milestones :math:`[W, T]`.
     """
-
-    warmup_steps: int
-    total_steps: int
-    warmup_start_factor: float = 0.1
-    min_lr_ratio: float = 0.0
-
-    def __post_init__(self) -> None:
-        _check_int("warmup_steps", self.warmup_steps, 0)
-        _check_int("total_steps", self.total_steps, self.warmup_steps + 1)
-        _check_real("warmup_start_factor", self.warmup_start_factor, 0.0, 1.0, open_low=True)
-        _check_real("min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
 
     def lr_multiplier(self, step: int) -> float:
         t = _check_step(step)
