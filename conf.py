@@ -34,6 +34,7 @@ extensions = [
     "sphinxcontrib.bibtex",
     "sphinxcontrib.katex",
     "strict_katex",  # docs/_ext: KaTeX from node_modules, parse errors fatal, CSS and fonts bundled
+    "parallel_execution",  # docs/_ext: pages not in the cache execute several at a time
 ]
 
 root_doc = "index"
@@ -66,6 +67,10 @@ nb_execution_timeout = 60  # seconds per cell
 # The pages' tensors are tiny: a second intra-op thread only adds synchronisation, and on a busy
 # 2-core machine spinning threads made cells 5-10x slower. Kernels inherit this environment.
 os.environ["OMP_NUM_THREADS"] = "1"
+# Pages not in the cache execute this many at a time (docs/_ext/parallel_execution.py), each in
+# its own one-thread kernel, before Sphinx reads them serially. ``-D nb_execution_workers=1``
+# turns it off.
+nb_execution_workers = min(4, os.cpu_count() or 1)
 nb_merge_streams = True
 nb_execution_excludepatterns: list[str] = []
 # No ipywidgets on this site: keep myst-nb from adding require.js and the widget manager from a CDN.

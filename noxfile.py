@@ -45,6 +45,12 @@ def bench_toy(session: nox.Session) -> None:
     session.run(PYTHON, "benchmarks/bench_toy.py", *session.posargs)
 
 
+@nox.session(name="bench-pages")
+def bench_pages(session: nox.Session) -> None:
+    """Time every page's execution, section by section, one and two at a time (args go to the script)."""
+    session.run(PYTHON, "benchmarks/bench_pages.py", *session.posargs)
+
+
 @nox.session
 def docs(session: nox.Session) -> None:
     """Build the site into docs/_build/html (executing pages), then check it works offline.

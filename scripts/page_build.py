@@ -9,7 +9,8 @@ page fails the build::
 
 The pages are copied under an index whose toctree lists them, then
 built by ``sphinx-build -c <repo> -W --keep-going -T`` with execution forced, so nothing is
-read from or written to the site's execution cache. Exit status and output are sphinx-build's.
+read from or written to the site's execution cache (``build(..., execution_mode="cache")``
+uses a cache inside the throw-away folder instead). Exit status and output are sphinx-build's.
 """
 
 from __future__ import annotations
@@ -41,12 +42,18 @@ kernelspec:
 
 
 def build(
-    pages: dict[str, str], workdir: Path, *, allow_missing_links: bool = False, timeout: float = 600
+    pages: dict[str, str],
+    workdir: Path,
+    *,
+    allow_missing_links: bool = False,
+    execution_mode: str = "force",
+    timeout: float = 600,
 ) -> subprocess.CompletedProcess[str]:
     """Build ``pages`` (name -> MyST text) into ``workdir/html``; return sphinx-build's result.
 
     ``allow_missing_links`` silences links to pages outside the set (only for drafting a page
-    alone; the site build keeps them fatal).
+    alone; the site build keeps them fatal). ``execution_mode="cache"`` builds as the site does,
+    with ``workdir/cache`` as the execution cache.
     """
     src = workdir / "src"
     src.mkdir(parents=True)
@@ -57,7 +64,8 @@ def build(
     command = [
         sys.executable, "-m", "sphinx", *SPHINX_OPTIONS,
         "-d", str(workdir / "doctrees"),
-        "-D", "nb_execution_mode=force",
+        "-D", f"nb_execution_mode={execution_mode}",
+        *(["-D", f"nb_execution_cache_path={workdir / 'cache'}"] if execution_mode == "cache" else []),
         *(["-D", "suppress_warnings=ref.doc,myst.xref_missing,ref.ref"] if allow_missing_links else []),
         str(src), str(workdir / "html"),
     ]  # fmt: skip

@@ -150,3 +150,57 @@ def test_library_change_selects_a_fresh_execution_cache(tmp_path: Path) -> None:
     old.mkdir(parents=True)
     new = execution_cache.select_cache(cache_root, edited)
     assert new == cache_root / edited and not old.exists()
+
+
+def _timed_page(name: str, seconds: float) -> str:
+    """A page that sleeps, glues a value and records when its cell ran (in the page's folder)."""
+    return _page(
+        f"""# Timed page {name}
+
+```{{code-cell}} ipython3
+import time
+from pathlib import Path
+from myst_nb import glue
+
+start = time.time()
+time.sleep({seconds})
+Path("ran-{name}.txt").write_text(f"{{start}} {{time.time()}}")
+glue("value_{name}", 6 * 7, display=False)
+```
+
+The answer is {{glue:text}}`value_{name}`.
+"""
+    )
+
+
+def test_pages_execute_concurrently_into_the_cache_myst_nb_reads(tmp_path: Path) -> None:
+    pages = {name: _timed_page(name, 2.0) for name in ("first", "second", "third")}
+    result = page_build.build(pages, tmp_path, execution_mode="cache")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "executing 3 pages, 2 at a time" in output, output[-3000:]
+    # myst-nb found every page in the cache and executed none itself
+    assert output.count("Using cached notebook") == 3, output[-3000:]
+    assert "Executing notebook" not in output, output[-3000:]
+    for name in pages:
+        assert 'The answer is <span class="pasted-text">42</span>' in (tmp_path / "html" / f"{name}.html").read_text()
+    # two kernels ran at the same time: some page started before another one ended
+    spans = sorted(tuple(map(float, (tmp_path / "src" / f"ran-{n}.txt").read_text().split())) for n in pages)
+    assert spans[1][0] < spans[0][1], spans
+
+
+def test_page_failing_in_parallel_execution_still_fails_the_build_naming_it(tmp_path: Path) -> None:
+    text, symptom = FAULTS["failing-assertion"]
+    pages = {"failing-assertion": text, "fine": _timed_page("fine", 0.0)}
+    result = page_build.build(pages, tmp_path, execution_mode="cache")
+    output = result.stdout + result.stderr
+    assert "executing 2 pages, 2 at a time" in output, output[-3000:]
+    assert result.returncode != 0, f"the build succeeded:\n{output[-3000:]}"
+    assert "failing-assertion.md" in output and symptom in output, output[-3000:]
+    assert "fine: executed in" in output, output[-3000:]
+
+
+def test_execute_notebooks_rejects_a_worker_count_below_one() -> None:
+    parallel_execution = load_module("docs/_ext/parallel_execution.py")
+    with pytest.raises(ValueError, match="workers must be >= 1, got 0"):
+        list(parallel_execution.execute_notebooks([], 0))
