@@ -27,7 +27,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from jupyter_cache import get_cache
-from jupyter_cache.base import CacheBundleIn
+from jupyter_cache.base import CacheBundleIn, JupyterCacheAbstract
 from jupyter_cache.executors.utils import ExecutionResult, single_nb_execution
 from myst_nb.core.config import NbParserConfig
 from myst_nb.core.nb_to_tokens import nb_node_to_dict
@@ -116,10 +116,12 @@ def _alias_kernel(nb_config: NbParserConfig, notebook: NotebookNode) -> None:
             return
 
 
-def _pages_to_execute(env: BuildEnvironment, docnames: list[str]) -> list[tuple[Job, Path, Any]]:
-    """Jobs for the notebook pages among ``docnames`` whose code is not in the cache."""
+def _pages_to_execute(
+    env: BuildEnvironment, docnames: list[str], cache: JupyterCacheAbstract
+) -> list[tuple[Job, Path, dict[str, str] | None]]:
+    """Jobs for the notebook pages among ``docnames`` whose code is not in ``cache``, each with
+    its source path and myst-nb's reader format (both name the page's record in the cache)."""
     site_config: NbParserConfig = env.mystnb_config
-    cache = get_cache(site_config.execution_cache_path or ".jupyter_cache")
     pages = []
     for docname in sorted(docnames):
         path = Path(env.doc2path(docname))
@@ -149,11 +151,11 @@ def execute_in_parallel(app: Sphinx, env: BuildEnvironment, docnames: list[str])
         raise ValueError(f"nb_execution_workers must be >= 1, got {workers}")
     if workers == 1 or env.mystnb_config.execution_mode != "cache":
         return
-    pages = _pages_to_execute(env, docnames)
+    cache = get_cache(env.mystnb_config.execution_cache_path or ".jupyter_cache")
+    pages = _pages_to_execute(env, docnames, cache)
     if len(pages) < 2:
         return  # nothing to overlap: myst-nb runs a single page while reading it
     sources = {job.name: (path, read_fmt) for job, path, read_fmt in pages}
-    cache = get_cache(env.mystnb_config.execution_cache_path or ".jupyter_cache")
     logger.info(f"executing {len(pages)} pages, {min(workers, len(pages))} at a time")
     start = time.perf_counter()
     for outcome in execute_notebooks([job for job, _, _ in pages], workers):
