@@ -10,22 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nemo_rl_theory import calculate_baseline_and_std_per_prompt, grpo_advantages
-
-
-def direct_advantages(rewards, groups, valid, leave_one_out, normalize):
-    """Per-sample loop over the definition (valid samples only), independent of the library."""
-    out = []
-    for i, (r, g) in enumerate(zip(rewards, groups, strict=False)):
-        members = [j for j, h in enumerate(groups) if h == g and valid[j]]
-        if len(members) <= 1:
-            out.append(0.0)
-            continue
-        others = [rewards[j] for j in members if not (leave_one_out and j == i)]
-        baseline = statistics.fmean(others)
-        std = statistics.stdev(others) if len(others) >= 2 else 0.0
-        a = r - baseline
-        out.append(a / (std + 1e-6) if normalize and std > 0 else a)
-    return out
+from support import grpo_advantages_reference
 
 
 def test_hand_computed_group():
@@ -95,7 +80,7 @@ def test_matches_direct_definition(group_sizes, leave_one_out, normalize, seed):
     ours = grpo_advantages(
         rewards, torch.tensor(groups), use_leave_one_out_baseline=leave_one_out, normalize_rewards=normalize
     )
-    expected = direct_advantages(rewards.tolist(), groups, [1] * len(groups), leave_one_out, normalize)
+    expected = grpo_advantages_reference(rewards.tolist(), groups, leave_one_out=leave_one_out, normalize=normalize)
     torch.testing.assert_close(ours, torch.tensor(expected, dtype=torch.float64), rtol=1e-9, atol=1e-9)
 
 

@@ -40,6 +40,7 @@ from nemo_rl_theory.curriculum import (
 from nemo_rl_theory.losses import ClippedPGConfig
 from nemo_rl_theory.toy import clipped_pg_objective, collect_grpo_batch, make_policy, sample_problems, train_grpo
 from nemo_rl_theory.toy.policy import sequence_logprobs
+from support import grpo_advantages_reference
 
 F64 = torch.float64
 LEVELS = (1, 2, 3, 4, 5, 6)
@@ -245,18 +246,6 @@ def test_a_schedule_returning_an_invalid_competence_fails_at_the_step():
 # ----------------------------------------------------------------------------- GRPO signal vs success rate
 
 
-def direct_advantages(rewards, leave_one_out, normalize, eps=1e-6):
-    """Per-sample loop over the GRPO definition for one group (independent of the library)."""
-    out = []
-    for i, r in enumerate(rewards):
-        others = [x for j, x in enumerate(rewards) if not (leave_one_out and j == i)]
-        baseline = statistics.fmean(others)
-        std = statistics.stdev(others) if len(others) >= 2 else 0.0
-        a = r - baseline
-        out.append(a / (std + eps) if normalize and std > 0 else a)
-    return out
-
-
 @given(p=st.floats(0.0, 1.0), g=st.integers(1, 9))
 def test_informative_probability_by_enumeration(p, g):
     brute = sum(p ** sum(o) * (1 - p) ** (g - sum(o)) for o in itertools.product((0, 1), repeat=g) if 0 < sum(o) < g)
@@ -275,7 +264,9 @@ def test_expected_squared_advantage_by_enumeration(g, loo, normalize):
         for outcome in itertools.product((0.0, 1.0), repeat=g):
             k = int(sum(outcome))
             weight = p**k * (1 - p) ** (g - k)
-            brute += weight * statistics.fmean(a * a for a in direct_advantages(list(outcome), loo, normalize))
+            brute += weight * statistics.fmean(
+                a * a for a in grpo_advantages_reference(list(outcome), [0] * g, leave_one_out=loo, normalize=normalize)
+            )
         assert value == pytest.approx(brute, rel=1e-9, abs=1e-15), (p, value, brute)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import statistics
 
 import pytest
 import torch
@@ -27,6 +26,7 @@ from nemo_rl_theory.multiobjective import (
     uncertainty_weighted_loss,
     weighted_sum_loss,
 )
+from support import grpo_advantages_reference
 
 F64 = torch.float64
 finite = st.floats(-10, 10, allow_nan=False, allow_infinity=False)
@@ -42,24 +42,6 @@ def randn(*shape: int, seed: int) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- references
-
-
-def loo_advantages_loop(
-    rewards: list[float], groups: list[int], normalize: bool, leave_one_out: bool, eps: float = 1e-6
-) -> list[float]:
-    """GRPO advantages by the definition (NeMo RL conventions), in Python floats."""
-    out = []
-    for i, (r, g) in enumerate(zip(rewards, groups, strict=True)):
-        members = [j for j, h in enumerate(groups) if h == g]
-        if len(members) <= 1:
-            out.append(0.0)
-            continue
-        others = [rewards[j] for j in members if not (leave_one_out and j == i)]
-        baseline = statistics.fmean(others)
-        std = statistics.stdev(others) if len(others) >= 2 else 0.0
-        a = r - baseline
-        out.append(a / (std + eps) if normalize and std > 0 else a)
-    return out
 
 
 def pcgrad_loop(g: list[list[float]], orders: list[list[int]]) -> list[list[float]]:
@@ -138,7 +120,9 @@ def test_per_objective_advantages_are_column_wise_grpo(group_size, n_groups, see
     ids = torch.arange(n_groups).repeat_interleave(group_size)[torch.randperm(n, generator=gen(seed))]
     out = per_objective_advantages(rewards, ids, normalize_rewards=normalize, use_leave_one_out_baseline=loo)
     for k in range(3):
-        expected = loo_advantages_loop(rewards[:, k].tolist(), ids.tolist(), normalize, loo)
+        expected = grpo_advantages_reference(
+            rewards[:, k].tolist(), ids.tolist(), normalize=normalize, leave_one_out=loo
+        )
         torch.testing.assert_close(out[:, k], torch.tensor(expected, dtype=F64), rtol=1e-9, atol=1e-9)
 
 
@@ -152,9 +136,15 @@ def test_weighting_before_and_after_normalisation(group_size, n_groups, seed, lo
     after = scalarized_advantages(rewards, ids, w, weight_before_normalization=False, use_leave_one_out_baseline=loo)
     combined = (rewards @ w).tolist()
     torch.testing.assert_close(
-        before, torch.tensor(loo_advantages_loop(combined, ids.tolist(), True, loo), dtype=F64), rtol=1e-9, atol=1e-9
+        before,
+        torch.tensor(grpo_advantages_reference(combined, ids.tolist(), normalize=True, leave_one_out=loo), dtype=F64),
+        rtol=1e-9,
+        atol=1e-9,
     )
-    columns = [loo_advantages_loop(rewards[:, k].tolist(), ids.tolist(), True, loo) for k in range(2)]
+    columns = [
+        grpo_advantages_reference(rewards[:, k].tolist(), ids.tolist(), normalize=True, leave_one_out=loo)
+        for k in range(2)
+    ]
     expected_after = [w[0].item() * a + w[1].item() * b for a, b in zip(*columns, strict=True)]
     torch.testing.assert_close(after, torch.tensor(expected_after, dtype=F64), rtol=1e-9, atol=1e-9)
     # Without the std division the baseline is linear: both placements agree.
@@ -168,7 +158,9 @@ def test_weighting_before_and_after_normalisation(group_size, n_groups, seed, lo
     # A common rescaling by c: "before" is the same advantage with eps / c (c x / (c s + eps) = x / (s + eps / c)),
     # "after" scales linearly.
     rescaled = scalarized_advantages(rewards, ids, 4 * w, use_leave_one_out_baseline=loo)
-    expected_rescaled = loo_advantages_loop(combined, ids.tolist(), True, loo, eps=1e-6 / 4)
+    expected_rescaled = grpo_advantages_reference(
+        combined, ids.tolist(), normalize=True, leave_one_out=loo, eps=1e-6 / 4
+    )
     torch.testing.assert_close(rescaled, torch.tensor(expected_rescaled, dtype=F64), rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(
         scalarized_advantages(rewards, ids, 4 * w, weight_before_normalization=False, use_leave_one_out_baseline=loo),
@@ -181,7 +173,9 @@ def test_weighting_before_and_after_normalisation(group_size, n_groups, seed, lo
 def test_before_normalisation_ignores_the_weight_where_the_other_objective_is_constant():
     ids = torch.zeros(4, dtype=torch.long)
     rewards = torch.tensor([[0.0, -3 / 7], [0.0, -5 / 7], [0.0, -5 / 7], [0.0, -1.0]], dtype=F64)
-    unit = torch.tensor(loo_advantages_loop(rewards[:, 1].tolist(), [0] * 4, True, True), dtype=F64)
+    unit = torch.tensor(
+        grpo_advantages_reference(rewards[:, 1].tolist(), [0] * 4, normalize=True, leave_one_out=True), dtype=F64
+    )
     for w_len in (1e-3, 0.3, 5.0):
         w = torch.tensor([1.0, w_len], dtype=F64)
         torch.testing.assert_close(scalarized_advantages(rewards, ids, w), unit, rtol=1e-2, atol=1e-12)
