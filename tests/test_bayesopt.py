@@ -10,7 +10,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nemo_rl_theory.bayesopt import (
+from nemo_rl_theory.training.bayesopt import (
     GPConfig,
     SearchResult,
     bayesian_optimization,

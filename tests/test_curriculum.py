@@ -18,7 +18,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nemo_rl_theory import grpo_advantages
-from nemo_rl_theory.curriculum import (
+from nemo_rl_theory.losses import ClippedPGConfig
+from nemo_rl_theory.toy import clipped_pg_objective, collect_grpo_batch, make_policy, sample_problems, train_grpo
+from nemo_rl_theory.toy.policy import sequence_logprobs
+from nemo_rl_theory.training.curriculum import (
     SuccessRateTracker,
     adaptive_sampler,
     curriculum_sampler,
@@ -37,9 +40,6 @@ from nemo_rl_theory.curriculum import (
     success_rate_weights,
     uniform_sampler,
 )
-from nemo_rl_theory.losses import ClippedPGConfig
-from nemo_rl_theory.toy import clipped_pg_objective, collect_grpo_batch, make_policy, sample_problems, train_grpo
-from nemo_rl_theory.toy.policy import sequence_logprobs
 from support import grpo_advantages_reference
 
 F64 = torch.float64

@@ -10,7 +10,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nemo_rl_theory.multiobjective import (
+from nemo_rl_theory.training.multiobjective import (
     combine_gradients,
     gradnorm_balanced_weights,
     gradnorm_loss,

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nemo_rl_theory.losses import ClippedPGConfig, clipped_pg_loss
-from nemo_rl_theory.normalization import (
+from nemo_rl_theory.training.normalization import (
     SCHEMES,
     clipped_pg_settings,
     clipped_surrogate,

@@ -16,7 +16,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nemo_rl_theory.pareto import (
+from nemo_rl_theory.training.pareto import (
     chebyshev_scalarization,
     chebyshev_weights,
     dominance_matrix,

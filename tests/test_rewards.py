@@ -11,7 +11,22 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nemo_rl_theory import calculate_baseline_and_std_per_prompt, grpo_advantages
-from nemo_rl_theory.rewards import (
+from nemo_rl_theory.toy import (
+    EOS,
+    PAD,
+    Problems,
+    Rollout,
+    Task,
+    correctness_reward,
+    format_reward,
+    generate,
+    join_prompt_response,
+    length_reward,
+    make_policy,
+    sample_problems,
+    weighted_reward,
+)
+from nemo_rl_theory.training.rewards import (
     answer_position_matches,
     clip_rewards,
     clipped,
@@ -31,21 +46,6 @@ from nemo_rl_theory.rewards import (
     standardize_rewards,
     weighted_sum,
     weighted_sum_rewards,
-)
-from nemo_rl_theory.toy import (
-    EOS,
-    PAD,
-    Problems,
-    Rollout,
-    Task,
-    correctness_reward,
-    format_reward,
-    generate,
-    join_prompt_response,
-    length_reward,
-    make_policy,
-    sample_problems,
-    weighted_reward,
 )
 
 F64 = torch.float64

@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nemo_rl_theory.schedules import (
+from nemo_rl_theory.training.schedules import (
     ConstantWithWarmup,
     CosineWarmRestarts,
     InverseSqrtSchedule,

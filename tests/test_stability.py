@@ -11,7 +11,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nemo_rl_theory.stability import (
+from nemo_rl_theory.training.stability import (
     CLIP_EPS,
     EntropyCollapseMonitor,
     RunningMoments,
