@@ -90,3 +90,79 @@ def test_advantages_sum_to_zero_without_leave_one_out(n, seed):
     rewards = torch.rand(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     adv = grpo_advantages(rewards, torch.zeros(n, dtype=torch.long), use_leave_one_out_baseline=False)
     assert abs(adv.sum().item()) < 1e-9
+
+
+# --- exact ties: sigma is exactly 0 where the rewards it is computed over are equal -------------
+
+DTYPES = (torch.float32, torch.float64)
+
+
+def test_lone_dissenter_of_a_non_dyadic_tie_is_not_blown_up():
+    # NeMo RL's one-pass variance gives sigma ~ 1e-8 for the dissenter's peers and
+    # advantages of -4.9e5 (float64) / -1543 (float32, seven ties); the rule gives r - b.
+    for dtype in DTYPES:
+        for rewards, expected_last in (
+            ([0.7, 0.7, 0.7, 0.2], -0.5),
+            ([0.7] * 7 + [0.2], -0.5),
+            ([0.9196, 0.9196, 0.9196, 0.459], 0.459 - 0.9196),
+        ):
+            r = torch.tensor(rewards, dtype=dtype)
+            adv = grpo_advantages(r, torch.zeros(len(rewards), dtype=torch.long))
+            assert adv[-1].item() == (r[-1] - r[1]).item()
+            assert abs(adv[-1].item() - expected_last) < 1e-6
+            assert adv.abs().max().item() < 10
+
+
+@given(
+    tie=st.floats(-1e3, 1e3, allow_nan=False, allow_subnormal=False),
+    dissenter=st.floats(-1e3, 1e3, allow_nan=False, allow_subnormal=False),
+    n_tied=st.integers(1, 12),
+    dissenter_slot=st.integers(0, 12),
+    leave_one_out=st.booleans(),
+    float32=st.booleans(),
+)
+def test_sigma_is_exactly_zero_over_equal_rewards(tie, dissenter, n_tied, dissenter_slot, leave_one_out, float32):
+    dtype = torch.float32 if float32 else torch.float64
+    values = [tie] * n_tied
+    slot = min(dissenter_slot, n_tied)
+    values.insert(slot, dissenter)
+    rewards = torch.tensor(values, dtype=dtype)
+    ids = torch.zeros(len(values), dtype=torch.long)
+    baseline, std = calculate_baseline_and_std_per_prompt(ids, rewards, None, leave_one_out)
+    if leave_one_out:
+        # The dissenter's peers are all equal: sigma is 0 and its baseline is their value.
+        assert std[slot].item() == 0.0
+        assert baseline[slot].item() == rewards[slot - 1 if slot else 1].item()
+        adv = grpo_advantages(rewards, ids)
+        assert adv[slot].item() == (rewards[slot] - baseline[slot]).item()
+    if rewards[slot].item() == rewards[slot - 1 if slot else 1].item():  # the whole group is tied
+        assert std.abs().max().item() == 0.0
+        assert grpo_advantages(rewards, ids, use_leave_one_out_baseline=leave_one_out).abs().max().item() == 0.0
+
+
+@given(a=st.floats(-10, 10), b=st.floats(-10, 10), float32=st.booleans())
+def test_group_of_two_under_leave_one_out_has_zero_sigma(a, b, float32):
+    # One "other" sample: sigma is undefined, reported as 0 (NeMo RL's nan_to_num maps the
+    # inf of n / (n - 1) to 1.8e308 instead, which scales the advantage to ~0).
+    dtype = torch.float32 if float32 else torch.float64
+    rewards = torch.tensor([a, b], dtype=dtype)
+    _, std = calculate_baseline_and_std_per_prompt(torch.zeros(2, dtype=torch.long), rewards, None, True)
+    assert std.tolist() == [0.0, 0.0]
+    adv = grpo_advantages(rewards, torch.zeros(2, dtype=torch.long))
+    assert adv.tolist() == [(rewards[0] - rewards[1]).item(), (rewards[1] - rewards[0]).item()]
+
+
+@given(seed=st.integers(0, 2**16), n=st.integers(3, 9), leave_one_out=st.booleans())
+def test_near_ties_keep_their_true_spread(seed, n, leave_one_out):
+    # Rewards 0.7 + k * 1e-9: the true sigma is ~1e-9; the one-pass formula's cancellation
+    # error in float64 is ~1e-8, the two-pass one agrees with math.fsum to 1e-6 relative.
+    gen = torch.Generator().manual_seed(seed)
+    offsets = torch.randint(0, 4, (n,), generator=gen).double()
+    if offsets.unique().numel() < 2:
+        offsets[0] = offsets[1] + 1
+    rewards = 0.7 + offsets * 1e-9
+    _, std = calculate_baseline_and_std_per_prompt(torch.zeros(n, dtype=torch.long), rewards, None, leave_one_out)
+    for i in range(n):
+        others = [float(offsets[j]) for j in range(n) if not (leave_one_out and j == i)]
+        true = statistics.stdev(others) * 1e-9 if len(set(others)) > 1 else 0.0
+        assert math.isclose(std[i].item(), true, rel_tol=1e-5, abs_tol=1e-20)

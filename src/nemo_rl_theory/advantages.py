@@ -73,10 +73,17 @@ def calculate_baseline_and_std_per_prompt(
         b_i = \frac{1}{n_i} \sum_{j \in S_i} r_j, \qquad
         \sigma_i = \sqrt{\frac{n_i}{n_i - 1}\Big(\frac{1}{n_i}\sum_{j\in S_i} r_j^2 - b_i^2\Big)}
 
-    (Bessel-corrected sample standard deviation of :math:`\{r_j\}_{j \in S_i}`). Exactly as
-    NeMo RL: an undefined :math:`\sigma_i` (fewer than two samples in :math:`S_i`, e.g. a
-    group of two under leave-one-out) is reported as 0, and a group with at most one valid
-    response gets :math:`b_i = r_i` and :math:`\sigma_i = 0`, i.e. zero advantage.
+    (Bessel-corrected sample standard deviation of :math:`\{r_j\}_{j \in S_i}`). As NeMo
+    RL: an undefined :math:`\sigma_i` (fewer than two samples in :math:`S_i`, e.g. a group of
+    two under leave-one-out) is reported as 0, and a group with at most one valid response
+    gets :math:`b_i = r_i` and :math:`\sigma_i = 0`, i.e. zero advantage.
+
+    Unlike NeMo RL, :math:`\sigma_i` is computed in two passes (centred on :math:`b_i`) and is
+    exactly 0 whenever the rewards in :math:`S_i` are all equal (then :math:`b_i` is their
+    common value). NeMo RL's one-pass :math:`\overline{r^2} - b^2` leaves rounding noise of
+    order :math:`10^{-8}` there, e.g. for the lone dissenter of ``(0.7, 0.7, 0.7, 0.2)``, and
+    the normalised advantage of that response becomes :math:`\sim 10^{5}`; elsewhere the
+    two agree to rounding.
 
     Args:
         prompt_ids: ``Tensor[N]`` prompt ids, or ``Tensor[N, L]`` prompt token rows
@@ -94,29 +101,68 @@ def calculate_baseline_and_std_per_prompt(
     return _baseline_and_std(prompt_ids, rewards, valid, leave_one_out_baseline)
 
 
+def _padded_groups(group: Tensor, n_groups: int, *columns: Tensor) -> tuple[Tensor, ...]:
+    """Lay each ``[N]`` column out as ``[n_groups, G_max]`` (row = group, zero padded) and
+    return the padded columns followed by each row's slot ``[N]`` in its group."""
+    order = torch.argsort(group, stable=True)
+    sizes = torch.bincount(group, minlength=n_groups)
+    starts = torch.cumsum(sizes, 0) - sizes
+    slot = torch.empty_like(group)
+    slot[order] = torch.arange(group.numel(), device=group.device) - starts[group[order]]
+    width = int(sizes.max())
+    padded = []
+    for column in columns:
+        out = torch.zeros(n_groups, width, dtype=column.dtype, device=column.device)
+        out[group, slot] = column
+        padded.append(out)
+    return (*padded, slot)
+
+
 def _baseline_and_std(prompt_ids: Tensor, rewards: Tensor, valid: Tensor, leave_one_out: bool) -> tuple[Tensor, Tensor]:
+    if rewards.numel() == 0:
+        return rewards.clone(), rewards.clone()
     group = _group_index(prompt_ids)
-    n_groups = int(group.max()) + 1 if group.numel() else 0
+    n_groups = int(group.max()) + 1
 
     def group_sum(x: Tensor) -> Tensor:
         return torch.zeros(n_groups, dtype=rewards.dtype, device=rewards.device).index_add_(0, group, x)[group]
 
     valid_rewards = torch.where(valid != 0, rewards * valid, 0.0)
-    valid_squares = torch.where(valid != 0, rewards.square() * valid, 0.0)
     n_valid = group_sum(valid)
     sum_r = group_sum(valid_rewards)
-    sum_r2 = group_sum(valid_squares)
     if leave_one_out:
         # Row i drops its own (valid-weighted) term; the count drops by one either way,
         # which is NeMo RL's convention (an invalid row's baseline is a sum over n - 1).
         sum_r = sum_r - valid_rewards
-        sum_r2 = sum_r2 - valid_squares
     n = n_valid - float(leave_one_out)
-
     baseline = sum_r / n
-    mean_square = sum_r2 / n
-    # n / (n - 1) is inf for n = 1; 0 * inf = NaN is mapped to 0 like NeMo RL's nan_to_num.
-    std = ((mean_square - baseline.square()) * (n / (n - 1))).sqrt().nan_to_num(0.0)
+
+    # Each row's view of its group: the rewards r_j and weights w_j of the rows j in S_i.
+    padded_rewards, padded_valid, slot = _padded_groups(group, n_groups, rewards, valid)
+    r_j, w_j = padded_rewards[group], padded_valid[group]  # [N, G_max]
+    if leave_one_out:
+        w_j = w_j.scatter(1, slot[:, None], 0.0)
+    member = w_j != 0
+    r_j = torch.where(member, r_j, 0.0)
+
+    # Two-pass (centred) variance: NeMo RL's one-pass E[r^2] - b^2 leaves rounding noise
+    # (sigma ~ 1e-8 in float64) where the rewards are equal, and dividing by that noise
+    # turns a lone dissenter's advantage into ~1e5. The same quantity, exactly:
+    # sum_j w_j (r_j - b)^2 + (n - sum_j w_j) b^2 = sum_j w_j r_j^2 - n b^2.
+    centred = torch.where(member, w_j * (r_j - baseline[:, None]).square(), 0.0).sum(dim=1)
+    centred = centred + (n - w_j.sum(dim=1)) * baseline.square()
+    # sigma is undefined with fewer than two samples (n <= 1); NeMo RL reports 0 there.
+    defined = n > 1
+    variance = torch.where(defined, centred / torch.where(defined, n - 1, 1.0), 0.0)
+    std = variance.clamp(min=0.0).sqrt()
+
+    # Equal rewards have no spread: sigma is exactly 0 and the baseline is their value.
+    big = torch.finfo(rewards.dtype).max
+    highest = torch.where(member, r_j, -big).amax(dim=1)
+    lowest = torch.where(member, r_j, big).amin(dim=1)
+    tied = member.any(dim=1) & (highest == lowest)
+    std = torch.where(tied, 0.0, std)
+    baseline = torch.where(tied & (w_j.sum(dim=1) == n), highest, baseline)
 
     degenerate = n_valid <= 1
     baseline = torch.where(degenerate, rewards, baseline)
