@@ -308,7 +308,7 @@ def expectation_weights(
                 f"got {tokens_per_sequence!r}"
             )
         mask = space.mask.to(probs.dtype) * probs[:, None]
-        return {"mask": mask, "sample_mask": None, "global_valid_toks": t0, "global_valid_seqs": 1.0}
+        return {"mask": mask, "sample_mask": None, "global_valid_toks": t0, "global_valid_seqs": None}
     if tokens_per_sequence is not None:
         raise ValueError("tokens_per_sequence applies to token_level=True only")
     return {"mask": space.mask, "sample_mask": probs, "global_valid_toks": None, "global_valid_seqs": 1.0}
