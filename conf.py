@@ -102,7 +102,12 @@ strict_katex_node_modules = str(ROOT / "node_modules")
 # --- HTML -------------------------------------------------------------------------------------
 html_theme = "sphinx_book_theme"
 html_title = "nemo-rl-theory"
-html_static_path: list[str] = []
+# Site CSS (docs/_static/responsive.css): formulas scroll from their own left edge and nothing is
+# wider than a phone's screen; `nox -s browser` checks it in Chromium.
+html_static_path = ["docs/_static"]
+html_css_files = ["responsive.css"]
+# An empty default colour mode made the theme's script log a console error on every page.
+html_context = {"default_mode": "auto"}
 html_theme_options = {
     "show_toc_level": 2,
     "use_download_button": True,
