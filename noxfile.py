@@ -62,6 +62,18 @@ def docs(session: nox.Session) -> None:
     session.run(PYTHON, "scripts/check_site.py", SITE)
 
 
+@nox.session
+def browser(session: nox.Session) -> None:
+    """Open every page of the built site in Chromium at 1400x900 and 390x844 (after ``nox -s docs``).
+
+    Fails, naming page and equation label, on a cut-off formula, a page wider than the viewport,
+    a broken image, a JavaScript error or a request to another host (tests/browser/). Needs
+    Debian's ``chromium`` (scripts/setup.sh installs it); a missing site is a failure, not a
+    skip. Extra args go to pytest, e.g. ``nox -s browser -- -k dpo``.
+    """
+    session.run(PYTHON, "-m", "pytest", "tests/browser", "-p", "no:cacheprovider", *session.posargs)
+
+
 @nox.session(name="docs-live")
 def docs_live(session: nox.Session) -> None:
     """Live preview on http://127.0.0.1:8000, rebuilt on every change to docs/ or src/."""
