@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-command set-up on a fresh machine: creates .venv, installs the CPU build of torch
 # *first* (an unpinned torch would pull several GB of CUDA wheels), then the project with its
-# test/docs/dev extras and the site's KaTeX (npm), and finally builds the site.
+# test/docs/browser/dev extras, the site's KaTeX (npm) and Debian's chromium (apt-get, as root,
+# when missing), and finally builds the site.
 #
 #   scripts/setup.sh                 # set up, then build the site into docs/_build/html
 #   scripts/setup.sh --install-only  # set up only (what CI uses before the tests)
@@ -30,6 +31,32 @@ if ! command -v npm >/dev/null 2>&1; then
     exit 1
 fi
 npm ci --no-audit --no-fund --loglevel=error
+
+# The browser tests (nox -s browser) drive Debian's Chromium through Playwright, which never
+# downloads a browser of its own. NEMO_RL_THEORY_CHROMIUM may name another Chromium binary.
+if [ -n "${NEMO_RL_THEORY_CHROMIUM:-}" ]; then
+    if [ ! -x "$NEMO_RL_THEORY_CHROMIUM" ]; then
+        echo "error: NEMO_RL_THEORY_CHROMIUM=$NEMO_RL_THEORY_CHROMIUM is not an executable file" >&2
+        exit 1
+    fi
+elif ! command -v chromium >/dev/null 2>&1; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "error: Chromium is missing; the browser tests (nox -s browser) need Debian's chromium." >&2
+        echo "       Install it as root: apt-get install --no-install-recommends chromium fonts-liberation" >&2
+        echo "       (or run this script as root), or set NEMO_RL_THEORY_CHROMIUM to a Chromium binary." >&2
+        exit 1
+    fi
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "error: Chromium is missing and there is no apt-get to install Debian's chromium;" >&2
+        echo "       install a Chromium and set NEMO_RL_THEORY_CHROMIUM to it" >&2
+        exit 1
+    fi
+    echo "Installing Debian's chromium for the browser tests (apt-get)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        chromium fonts-liberation fonts-dejavu-core >/dev/null
+fi
+echo "chromium: $("${NEMO_RL_THEORY_CHROMIUM:-chromium}" --version 2>/dev/null || echo 'installed')"
 
 if [ "${1:-}" = "--install-only" ]; then
     exit 0
