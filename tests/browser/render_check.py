@@ -132,8 +132,8 @@ async () => {
     const cls = [...el.classList].slice(0, 2).join('.');
     return cls ? `${text}.${cls}` : text;
   };
-  // The last section, API entry or labelled formula that starts at or before `el`.
-  const anchored = [...document.querySelectorAll('main :is(section, dt, div.math)[id]')];
+  // The last section, heading, API entry or labelled formula that starts at or before `el`.
+  const anchored = [...document.querySelectorAll('main :is(section, h1, h2, h3, h4, h5, h6, dt, div.math)[id]')];
   const nearestId = (el) => {
     let last = null;
     for (const a of anchored) {

@@ -23,4 +23,5 @@ def test_page_renders(
     report = checkers[viewport].check(site_url + page, page)
     reports.append(report)
     width, height = VIEWPORTS[viewport]
-    assert not report.problems, f"{page} at {width}x{height}:\n  " + "\n  ".join(report.problems)
+    if report.problems:
+        pytest.fail(f"{page} at {width}x{height}:\n  " + "\n  ".join(report.problems), pytrace=False)
