@@ -292,7 +292,7 @@ def expectation_weights(
 
     Returns:
         ``dict(mask=..., sample_mask=..., global_valid_toks=..., global_valid_seqs=...)`` to
-        pass to :func:`~nemo_rl_theory.clipped_pg_loss` and the other losses.
+        pass to :func:`~nemo_rl_theory.losses.clipped_pg.clipped_pg_loss` and the other losses.
     """
     space = _require_space(space)
     probs = _require_seq_logprobs("sampling_logprobs", sampling_logprobs).detach().exp()
