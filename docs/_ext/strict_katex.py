@@ -59,6 +59,28 @@ def _cleanup(app: Sphinx, exception: Exception | None) -> None:
         shutil.rmtree(wrapper, ignore_errors=True)
 
 
+# sphinxcontrib-katex gives its node server 5 s to start and treats a refused connection (the
+# socket file exists before the server listens on it) as fatal; on a loaded 2-core machine both
+# happened and killed a build. Allow a minute and retry a refused start.
+katex.STARTUP_TIMEOUT = 60.0
+_START_ATTEMPTS = 3
+_original_start = katex.KaTeXServer.start.__func__
+
+
+def _start_with_retries(cls: type) -> Any:
+    for attempt in range(1, _START_ATTEMPTS + 1):
+        try:
+            return _original_start(cls)
+        except ConnectionRefusedError:
+            if attempt == _START_ATTEMPTS:
+                raise
+            logger.info("KaTeX server refused the connection while starting; retrying (%d)", attempt)
+    raise AssertionError("unreachable")
+
+
+katex.KaTeXServer.start = classmethod(_start_with_retries)
+
+
 def _render(self: Any, node: nodes.Element, display: bool) -> str:
     latex = node.astext()
     try:
