@@ -268,12 +268,13 @@ SNAP_MAX_UNITS = 2**10
 def snap_rewards(rewards: Tensor, *, bits: int = 8) -> Tensor:
     r"""Round rewards to the dyadic grid :math:`2^{-\text{bits}}\,\mathbb Z` so that group statistics are exact.
 
-    GRPO's :math:`\sigma_i` is computed as :math:`\sqrt{\tfrac{n}{n-1}(\overline{r^2} - b^2)}` (as in
-    NeMo RL). For rewards such as 0.1 or 0.2, equal values can leave a rounding residue instead of
-    0, and a leave-one-out "lone dissenter" then gets :math:`|A_i| \approx |r_i - b_i| / (\text{residue} +
-    10^{-6})`, up to :math:`10^6`. On the grid, with :math:`|r| \le 2^{10 - \text{bits}}` and groups of
-    at most 16, every sum and sum of squares is exact in float32 and float64, divisions of equal
-    values are exact, and equal rewards give :math:`\sigma = 0` exactly.
+    With :math:`|r| \le 2^{10 - \text{bits}}` and groups of at most 16, every group sum and sum of
+    squares is exact in float32 and float64, so baselines and advantages are bit-exact and
+    independent of summation order. It also restores ties that rounding broke: two rewards
+    meant to be equal but one unit in the last place apart are a genuine near-tie to
+    :func:`~nemo_rl_theory.grpo_advantages` (:math:`\sigma \approx 10^{-17}`, so a lone
+    dissenter's normalised advantage is huge); on the grid they are equal and :math:`\sigma = 0`.
+    (Exactly equal rewards need no snapping: the library's :math:`\sigma` is exactly 0 over them.)
 
     Args:
         rewards: ``Tensor[B]`` float.
