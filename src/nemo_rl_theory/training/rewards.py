@@ -272,7 +272,7 @@ def snap_rewards(rewards: Tensor, *, bits: int = 8) -> Tensor:
     squares is exact in float32 and float64, so baselines and advantages are bit-exact and
     independent of summation order. It also restores ties that rounding broke: two rewards
     meant to be equal but one unit in the last place apart are a genuine near-tie to
-    :func:`~nemo_rl_theory.grpo_advantages` (:math:`\sigma \approx 10^{-17}`, so a lone
+    :func:`~nemo_rl_theory.advantages.grpo_advantages` (:math:`\sigma \approx 10^{-17}`, so a lone
     dissenter's normalised advantage is huge); on the grid they are equal and :math:`\sigma = 0`.
     (Exactly equal rewards need no snapping: the library's :math:`\sigma` is exactly 0 over them.)
 
