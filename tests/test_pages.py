@@ -105,7 +105,15 @@ def test_block_scanner_on_a_known_page() -> None:
 
 
 SECTIONS = {
-    "theory": {"mathematical-foundations", "grpo-theory", "dpo-theory", "sft-theory", "loss-functions"},
+    "theory": {
+        "mathematical-foundations",
+        "grpo-theory",
+        "sequence-policy-gradients",
+        "kl-regularization",
+        "dpo-theory",
+        "sft-theory",
+        "loss-functions",
+    },
     "training": {
         "multi-objective-training",
         "pareto-optimization",
@@ -198,3 +206,61 @@ def test_pages_export_to_valid_notebooks(tmp_path: Path) -> None:
         code_cells = [cell for cell in notebook.cells if cell.cell_type == "code"]
         assert len(code_cells) == page.read_text().count("```{code-cell}"), notebook_path
         assert notebook.metadata["kernelspec"]["name"] == "python3"
+
+
+# --- landings mirror the seeds (NeMo RL's "Advanced Topics" pages in ../shared/seeds) ------------
+
+SEEDS = ROOT.parent / "shared" / "seeds"
+CARD = re.compile(
+    r"^:{2,}\{grid-item-card\}\s*\{octicon\}`([^;`]+)[^`]*`\s*(.+?)\s*\n:link: (\S+)\n(.*?)^:{3}\s*$", re.M | re.S
+)
+BADGE = re.compile(r"\{bdg-(\w+)\}`([^`]+)`")
+
+
+def cards(text: str) -> dict[str, tuple[str, tuple[str, str] | None]]:
+    """Card link target -> (title, badge) of a landing page, the seeds' markup errors tolerated.
+
+    Icons are not compared: some of the seeds' octicons do not exist (``target``, ``memory``),
+    and the build fails on an unknown one.
+    """
+    found = {}
+    for _icon, title, target, body in CARD.findall(text):
+        badge = BADGE.search(body)
+        found[target] = (title, badge.groups() if badge else None)
+    return found
+
+
+def seed_landings() -> list[tuple[Path, Path]]:
+    """(seed, landing page) for every seed whose H1 title is a page of the site."""
+    if not SEEDS.is_dir():
+        return []
+    by_title = {}
+    for page in PAGES:
+        heading = re.search(r"^# (.+)$", page.read_text(), re.M)
+        if heading:
+            by_title[heading.group(1).strip().lower()] = page
+    pairs = []
+    for seed in sorted(SEEDS.glob("*.txt")):
+        title = re.search(r"^# (.+)$", seed.read_text(), re.M).group(1).strip().lower()
+        if title in by_title:
+            pairs.append((seed, by_title[title]))
+    return pairs
+
+
+@pytest.mark.skipif(not SEEDS.is_dir(), reason="the seeds live in ../shared/seeds beside the repository")
+@pytest.mark.parametrize("seed, landing", seed_landings(), ids=lambda p: p.name)
+def test_landing_cards_carry_the_seed_titles_and_badges(seed: Path, landing: Path) -> None:
+    ours = cards(landing.read_text())
+    expected = cards(seed.read_text())
+    built = {target: card for target, card in expected.items() if (landing.parent / f"{target}.md").exists()}
+    assert built, f"{landing.relative_to(ROOT)}: none of {seed.name}'s card targets is built"
+    for target, card in built.items():
+        assert ours.get(target) == card, (
+            f"{landing.relative_to(ROOT)}: card {target} is {ours.get(target)}, seed {card}"
+        )
+
+
+def test_every_built_seed_landing_is_checked() -> None:
+    # 001 (Advanced Topics), 003 (Advanced Training Techniques), 004 (Mathematical Foundations & Theory).
+    if SEEDS.is_dir():
+        assert {seed.name[:3] for seed, _ in seed_landings()} >= {"001", "003", "004"}
