@@ -203,3 +203,36 @@ def test_bad_arguments_are_named() -> None:
         ex.expectation_weights(space, uniform, token_level=False, tokens_per_sequence=2)
     with pytest.raises(ValueError, match="num_samples must be an int >= 1"):
         ex.sample_responses(torch.zeros(3, 2), space, 0)
+
+
+def test_sequence_level_weights_with_gspo_importance_correction() -> None:
+    # Fractional sample weights must weigh each sequence, not scale its log importance weight.
+    space = ex.enumerate_responses(3, 3, eos_token_id=0)
+    table, token_lp, _ = policy(space, seed=10)
+    _, gen_lp, gen_seq = policy(space, seed=11)
+    reward = (space.tokens[:, 1] == 2).to(F64) - 0.3
+    cfg = ClippedPGConfig(
+        reference_policy_kl_penalty=0.0,
+        token_level_loss=False,
+        sequence_level_importance_ratios=True,
+        use_importance_sampling_correction=True,
+    )
+    prev = token_lp.detach() + 0.05 * torch.randn(token_lp.shape, generator=torch.Generator().manual_seed(0), dtype=F64)
+    common = {"config": cfg, "generation_logprobs": gen_lp.detach()}
+    weights = ex.expectation_weights(space, gen_seq.detach(), token_level=False)
+    loss, _ = clipped_pg_loss(token_lp, prev, reward, **weights, **common)
+    (got,) = torch.autograd.grad(loss, table, retain_graph=True)
+    expected = torch.zeros_like(table)
+    for i in range(space.num_responses):
+        rows = slice(i, i + 1)
+        one, _ = clipped_pg_loss(
+            token_lp[rows],
+            prev[rows],
+            reward[rows],
+            space.mask[rows],
+            config=cfg,
+            generation_logprobs=gen_lp[rows].detach(),
+        )
+        (g,) = torch.autograd.grad(one, table, retain_graph=True)
+        expected += gen_seq[i].exp().detach() * g
+    torch.testing.assert_close(got, expected, rtol=1e-7, atol=1e-12)

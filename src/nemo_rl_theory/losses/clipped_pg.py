@@ -202,8 +202,11 @@ def clipped_pg_loss(
 
     where :math:`w_t = \pi_\text{prev}/\pi_\text{gen}` (possibly truncated) if
     ``use_importance_sampling_correction`` else 1, and the KL weight is the score-function
-    factor :math:`\rho_t = e^{\log\pi_\theta - \mathrm{sg}(\log\pi_\theta)}` (value 1, but its
-    gradient makes :math:`\nabla\mathbb E_{\pi_\theta}[\mathrm{kl}]` unbiased) or, with
+    factor :math:`\rho_t = e^{\log\pi_\theta - \mathrm{sg}(\log\pi_\theta)}` (value 1; its
+    gradient adds the score of token :math:`t`, which makes the gradient exact for a one-token
+    response, while for a sequence it gives :math:`\sum_t \nabla\,\mathrm{KL}(\pi_\theta(\cdot|s_t)
+    \,\|\,\pi_\text{ref}(\cdot|s_t))` with the prefixes :math:`s_t` held fixed, missing how earlier
+    tokens move the prefixes where later KL is paid; Tang & Munos 2025) or, with
     ``use_on_policy_kl_approximation``, :math:`\rho_t = \pi_\theta / \pi_\text{gen}`.
 
     ``reduce`` is token level (``token_level_loss``): :math:`\sum_{b,t} m_{b,t} x_{b,t} / N_\text{tok}`
@@ -364,7 +367,9 @@ def clipped_pg_loss(
     # --- importance weights pi_prev / pi_gen (no gradient: prev and gen are data)
     is_metrics: dict[str, float] = {}
     if cfg.sequence_level_importance_ratios:
-        seq_log_w = ((prev - gen) * full_mask).sum(dim=-1)
+        # Token mask, not token * sample mask: a fractional sample weight (exact.expectation_weights)
+        # weighs the sequence, it does not scale its log importance weight.
+        seq_log_w = ((prev - gen) * token_mask).sum(dim=-1)
         actor_weights = exp_or_zero(seq_log_w)[:, None]  # overflow -> 0, as NeMo RL
     else:
         actor_weights = exp_or_zero(prev - gen)
