@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import html
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -45,18 +44,16 @@ def _configure(app: Sphinx, config: Config) -> None:
     config.katex_css_path = f"{STATIC_SUBDIR}/katex.min.css"
     config.katex_prerender = True
     # Sphinx copies a static folder's *contents*: nest KaTeX's files one level down so they
-    # land in _static/katex/ and the CSS keeps its relative font URLs.
-    wrapper = Path(tempfile.mkdtemp(prefix="strict_katex_static_"))
-    shutil.copytree(dist / "fonts", wrapper / STATIC_SUBDIR / "fonts")
-    shutil.copy2(dist / "katex.min.css", wrapper / STATIC_SUBDIR / "katex.min.css")
-    app._strict_katex_static = wrapper  # type: ignore[attr-defined]
+    # land in _static/katex/ and the CSS keeps its relative font URLs. The folder's path must be
+    # the same on every build: html_static_path is part of the HTML configuration's hash, and a
+    # new path made Sphinx rewrite (and re-render the formulas of) every page on each rebuild.
+    wrapper = Path(app.doctreedir).parent / "strict_katex_static"
+    target = wrapper / STATIC_SUBDIR
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(dist / "fonts", target / "fonts")
+    shutil.copy2(dist / "katex.min.css", target / "katex.min.css")
     config.html_static_path = [*config.html_static_path, str(wrapper)]
-
-
-def _cleanup(app: Sphinx, exception: Exception | None) -> None:
-    wrapper = getattr(app, "_strict_katex_static", None)
-    if wrapper is not None:
-        shutil.rmtree(wrapper, ignore_errors=True)
 
 
 # sphinxcontrib-katex gives its node server 5 s to start and treats a refused connection (the
@@ -118,5 +115,4 @@ def setup(app: Sphinx) -> dict[str, Any]:
     )
     # Before sphinxcontrib.katex reads the paths in builder-inited.
     app.connect("config-inited", _configure)
-    app.connect("build-finished", _cleanup)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
