@@ -236,3 +236,22 @@ def test_sequence_level_weights_with_gspo_importance_correction() -> None:
         (g,) = torch.autograd.grad(one, table, retain_graph=True)
         expected += gen_seq[i].exp().detach() * g
     torch.testing.assert_close(got, expected, rtol=1e-7, atol=1e-12)
+
+
+def test_next_states_and_reach_probabilities_follow_the_prefix_tree() -> None:
+    # P(child) = P(s) * pi(a | s) for every move, P(empty prefix) = 1: the forward recursion.
+    space = ex.enumerate_responses(3, 3, eos_token_id=1)
+    table, _, seq = policy(space, seed=12)
+    child = ex.next_states(space)
+    reach = ex.state_reach_probabilities(seq.detach(), space)
+    probs = torch.softmax(table.detach(), -1)
+    assert reach[0].item() == pytest.approx(1.0, abs=1e-15)
+    moves = (child >= 0).nonzero().tolist()
+    assert len(moves) == space.num_states - 1  # every state but the root has one parent move
+    for s, a in moves:
+        assert reach[child[s, a]].item() == pytest.approx(reach[s].item() * probs[s, a].item(), rel=1e-12)
+    # Ending moves: EOS everywhere, and every token at the last position.
+    assert (child[:, 1] == -1).all()
+    assert (child[space.state_depth == space.max_length - 1] == -1).all()
+    with pytest.raises(ValueError, match=r"seq_logprobs must have shape \[N\] = \[4\]"):
+        ex.state_reach_probabilities(seq.detach(), ex.enumerate_responses(2, 2))

@@ -23,7 +23,8 @@ The pieces:
   gives :math:`\log\pi(y_t\mid s_t)` as a ``[N, T]`` tensor aligned like every loss of the
   library, and :func:`state_log_distributions` the whole next-token distribution per position.
 - :func:`sequence_logprobs`, :func:`expectation` and :func:`sequence_kl` give
-  :math:`\log\pi(y)`, :math:`\mathbb E[f]` and :math:`\mathrm{KL}(\pi\,\|\,q)` over sequences.
+  :math:`\log\pi(y)`, :math:`\mathbb E[f]` and :math:`\mathrm{KL}(\pi\,\|\,q)` over sequences;
+  :func:`next_states` and :func:`state_reach_probabilities` walk the prefix tree.
 - :func:`expectation_weights` turns "sample one response from :math:`\pi_\text{gen}`" into mask
   weights, so any of the library's ``[B, T]`` losses evaluated on the enumerated batch *is* its
   exact expectation, and its gradient the exact expected gradient.
@@ -257,6 +258,30 @@ def sequence_kl(seq_logprobs: Tensor, other_seq_logprobs: Tensor) -> Tensor:
             f"and {list(other.shape)}"
         )
     return expectation(seq_logprobs - other, seq_logprobs)
+
+
+def next_states(space: ResponseSpace) -> Tensor:
+    """``LongTensor[num_states, V]``: the state reached from state ``s`` by token ``a``.
+
+    ``-1`` where ``(s, a)`` ends the response (EOS, or the last position).
+    """
+    space = _require_space(space)
+    child = torch.full((space.num_states, space.vocab_size), -1, dtype=torch.long)
+    moves = space.mask[:, 1:]  # positions t whose successor t + 1 is generated
+    child[space.state_ids[:, :-1][moves], space.tokens[:, :-1][moves]] = space.state_ids[:, 1:][moves]
+    return child
+
+
+def state_reach_probabilities(seq_logprobs: Tensor, space: ResponseSpace) -> Tensor:
+    r"""``Tensor[num_states]``: :math:`P(s) = \sum_{y \ni s} \pi(y)`, the probability that a response passes
+    through prefix :math:`s` (1 for the empty prefix). Differentiable in ``seq_logprobs``."""
+    space = _require_space(space)
+    seq_logprobs = _require_seq_logprobs("seq_logprobs", seq_logprobs)
+    if seq_logprobs.shape != (space.num_responses,):
+        raise ValueError(f"seq_logprobs must have shape [N] = [{space.num_responses}], got {list(seq_logprobs.shape)}")
+    probs = seq_logprobs.exp()[:, None].expand_as(space.mask)[space.mask]
+    reach = torch.zeros(space.num_states, dtype=seq_logprobs.dtype, device=seq_logprobs.device)
+    return reach.index_add(0, space.state_ids[space.mask], probs)
 
 
 def expectation_weights(
