@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import html
 import shutil
+import socket
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -56,26 +59,40 @@ def _configure(app: Sphinx, config: Config) -> None:
     config.html_static_path = [*config.html_static_path, str(wrapper)]
 
 
-# sphinxcontrib-katex gives its node server 5 s to start and treats a refused connection (the
-# socket file exists before the server listens on it) as fatal; on a loaded 2-core machine both
-# happened and killed a build. Allow a minute and retry a refused start.
-katex.STARTUP_TIMEOUT = 60.0
-_START_ATTEMPTS = 3
-_original_start = katex.KaTeXServer.start.__func__
+# sphinxcontrib-katex gives its node server 5 s to start and fails on a refused connection (the
+# socket file exists a moment before the server listens on it); on a loaded 2-core machine both
+# happened and killed builds. This start waits up to a minute for the *same* process to accept
+# (starting a second one would orphan the first, which keeps the build's stderr open).
+STARTUP_TIMEOUT_S = 60.0
 
 
-def _start_with_retries(cls: type) -> Any:
-    for attempt in range(1, _START_ATTEMPTS + 1):
-        try:
-            return _original_start(cls)
-        except ConnectionRefusedError:
-            if attempt == _START_ATTEMPTS:
-                raise
-            logger.info("KaTeX server refused the connection while starting; retrying (%d)", attempt)
-    raise AssertionError("unreachable")
+def _start_server_process(cls: type, rundir: Path, timeout: float) -> tuple[subprocess.Popen, socket.socket]:
+    socket_path = rundir / "katex.sock"
+    process = subprocess.Popen(
+        cls.build_command(socket=socket_path), stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=rundir
+    )
+    deadline = time.monotonic() + max(timeout, STARTUP_TIMEOUT_S)
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"the KaTeX server exited with status {process.returncode} while starting")
+        if socket_path.is_socket():
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(max(deadline - time.monotonic(), 0.1))
+                sock.connect(str(socket_path))
+            except (ConnectionRefusedError, FileNotFoundError):
+                sock.close()
+            else:
+                sock.settimeout(None)
+                return process, sock
+        if time.monotonic() > deadline:
+            process.kill()
+            process.wait()
+            raise cls.timeout_error(timeout)
+        time.sleep(0.01)
 
 
-katex.KaTeXServer.start = classmethod(_start_with_retries)
+katex.KaTeXServer.start_server_process = classmethod(_start_server_process)
 
 
 def _render(self: Any, node: nodes.Element, display: bool) -> str:
