@@ -70,8 +70,10 @@ def calculate_baseline_and_std_per_prompt(
 
     .. math::
 
-        b_i = \frac{1}{n_i} \sum_{j \in S_i} r_j, \qquad
-        \sigma_i = \sqrt{\frac{n_i}{n_i - 1}\Big(\frac{1}{n_i}\sum_{j\in S_i} r_j^2 - b_i^2\Big)}
+        \begin{aligned}
+        b_i &= \frac{1}{n_i} \sum_{j \in S_i} r_j, \\
+        \sigma_i &= \sqrt{\frac{n_i}{n_i - 1}\Big(\frac{1}{n_i}\sum_{j\in S_i} r_j^2 - b_i^2\Big)}
+        \end{aligned}
 
     (Bessel-corrected sample standard deviation of :math:`\{r_j\}_{j \in S_i}`). As NeMo
     RL: an undefined :math:`\sigma_i` (fewer than two samples in :math:`S_i`, e.g. a group of
@@ -183,7 +185,8 @@ def grpo_advantages(
     .. math::
 
         A_i = \begin{cases}
-            \dfrac{r_i - b_i}{\sigma_i + 10^{-6}} & \text{if normalize\_rewards and } \sigma_i > 0 \\[4pt]
+            \tfrac{r_i - b_i}{\sigma_i + 10^{-6}} & \text{if normalize\_rewards} \\
+            & \text{and } \sigma_i > 0 \\[4pt]
             r_i - b_i & \text{otherwise}
         \end{cases}
 

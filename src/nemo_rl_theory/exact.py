@@ -7,8 +7,11 @@ expectation of any function of :math:`y` is a finite sum,
 
 .. math::
 
-    \mathbb E_{y\sim\pi}[f(y)] = \sum_{y} \pi(y)\, f(y),
-    \qquad \pi(y) = \prod_{t=1}^{|y|} \pi(y_t \mid s_t),\quad s_t = (y_1, \dots, y_{t-1}),
+    \begin{aligned}
+    \mathbb E_{y\sim\pi}[f(y)] &= \sum_{y} \pi(y)\, f(y), \\
+    \pi(y) &= \prod_{t=1}^{|y|} \pi(y_t \mid s_t), \\
+    s_t &= (y_1, \dots, y_{t-1}),
+    \end{aligned}
 
 computed in float64 and differentiable by autograd, so the *true* gradient of a sequence
 objective and the *expected* gradient of a per-token surrogate are both exact and can be
@@ -298,9 +301,12 @@ def expectation_weights(
 
     .. math::
 
-        \text{token level:}\quad \sum_y \mu(y) \frac{1}{T_0}\sum_t m_t\,\ell_t(y),
-        \qquad
-        \text{sequence level:}\quad \sum_y \mu(y)\, \frac{\sum_t m_t\,\ell_t(y)}{\sum_t m_t},
+        \begin{aligned}
+        &\text{token level:} \\
+        &\qquad \sum_y \mu(y) \frac{1}{T_0}\sum_t m_t\,\ell_t(y), \\
+        &\text{sequence level:} \\
+        &\qquad \sum_y \mu(y)\, \frac{\sum_t m_t\,\ell_t(y)}{\sum_t m_t},
+        \end{aligned}
 
     the expected loss of a batch of one response normalised by a constant :math:`T_0`
     (``tokens_per_sequence``, default :math:`T`, as Dr. GRPO's constant normaliser) or per

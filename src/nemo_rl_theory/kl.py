@@ -6,7 +6,10 @@ Tokens are sampled from the current policy :math:`\pi_\theta`; with the log-rati
 
 .. math::
 
-    k_1 = -\log r, \qquad k_2 = \tfrac12 (\log r)^2, \qquad k_3 = e^{\log r} - 1 - \log r .
+    \begin{aligned}
+    k_1 &= -\log r, \qquad k_2 = \tfrac12 (\log r)^2, \\
+    k_3 &= e^{\log r} - 1 - \log r .
+    \end{aligned}
 
 :math:`k_1` and :math:`k_3` are unbiased, :math:`k_3 \ge 0` always (since
 :math:`e^x \ge 1 + x`), :math:`k_2` is biased but low-variance.
@@ -48,9 +51,11 @@ def calculate_kl(
 
     .. math::
 
-        \ell_t = \operatorname{clamp}\!\big(\log\pi_\text{ref}(y_t) - \log\pi_\theta(y_t),
-                 \pm c_\text{in}\big), \qquad
-        \mathrm{kl}_t = \operatorname{clamp}\!\big(w_t \, k(\ell_t), \pm c_\text{out}\big)
+        \begin{aligned}
+        \ell_t &= \operatorname{clamp}\!\big(\log\pi_\text{ref}(y_t) - \log\pi_\theta(y_t), \\
+        &\qquad\qquad \pm c_\text{in}\big), \\
+        \mathrm{kl}_t &= \operatorname{clamp}\!\big(w_t \, k(\ell_t), \pm c_\text{out}\big)
+        \end{aligned}
 
     with :math:`k` one of :math:`k_1 = -\ell`, :math:`k_2 = \ell^2/2`,
     :math:`k_3 = e^{\ell} - 1 - \ell`, and :math:`w_t` the optional importance weight

@@ -162,7 +162,10 @@ def entropy_from_logits(logits: Tensor) -> Tensor:
 
     .. math::
 
-        H_t = -\sum_v p_{t,v} \log p_{t,v} = \log\sum_v e^{z_{t,v}} - \sum_v p_{t,v} z_{t,v}
+        \begin{aligned}
+        H_t &= -\sum_v p_{t,v} \log p_{t,v} \\
+        &= \log\sum_v e^{z_{t,v}} - \sum_v p_{t,v} z_{t,v}
+        \end{aligned}
 
     Args:
         logits: ``Tensor[B, T, V]`` (any leading dims).

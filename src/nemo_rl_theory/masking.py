@@ -26,9 +26,13 @@ def masked_mean(
 
     .. math::
 
-        \operatorname{masked\_mean}(x, m) = \frac{\sum_i m_i x_i}{N + 10^{-8}},
-        \qquad N = \begin{cases} \sum_i m_i & \text{(default: the local count)} \\
-        \texttt{global\_normalization\_factor} & \text{(if given)} \end{cases}
+        \begin{aligned}
+        &\operatorname{masked\_mean}(x, m) = \frac{\sum_i m_i x_i}{N + 10^{-8}}, \\
+        &N = \sum_i m_i \\
+        &\quad \text{(default: the local count)}, \\
+        &N = \texttt{global\_normalization\_factor} \\
+        &\quad \text{(if given)}
+        \end{aligned}
 
     With a global factor (the number of valid tokens or sequences in the *whole* global
     batch) each micro-batch returns its share of the global mean, so summing the results of

@@ -186,8 +186,11 @@ def clipped_pg_loss(
 
     .. math::
 
-        \ell_t = \max\big(-A_t r_t,\; -A_t \bar r_t\big)
-        \quad\text{then, with dual clip and } A_t < 0:\quad \ell_t \leftarrow \min(\ell_t, -c A_t)
+        \begin{aligned}
+        &\ell_t = \max\big(-A_t r_t,\; -A_t \bar r_t\big) \\
+        &\text{then, with dual clip and } A_t < 0: \\
+        &\quad \ell_t \leftarrow \min(\ell_t, -c A_t)
+        \end{aligned}
 
     (CISPO: :math:`\ell_t = -A_t\,\mathrm{sg}(\bar r_t)\log\pi_\theta`; ``disable_ppo_ratio``:
     :math:`\ell_t = -A_t \log\pi_\theta`; GSPO: :math:`r_t` is replaced by the sequence ratio
@@ -195,10 +198,12 @@ def clipped_pg_loss(
 
     .. math::
 
-        \mathcal L = \operatorname{reduce}(w_t\,\ell_t)
-            + \beta\,\operatorname{reduce}\big(\mathrm{kl}_t\big),
-        \qquad \mathrm{kl}_t = \text{calculate\_kl}(\log\pi_\theta, \log\pi_\text{ref},
-            \text{importance\_weights} = \rho_t)
+        \begin{aligned}
+        \mathcal L &= \operatorname{reduce}(w_t\,\ell_t)
+            + \beta\,\operatorname{reduce}\big(\mathrm{kl}_t\big), \\
+        \mathrm{kl}_t &= \text{calculate\_kl}(\log\pi_\theta, \log\pi_\text{ref}, \\
+            &\qquad \text{importance\_weights} = \rho_t)
+        \end{aligned}
 
     where :math:`w_t = \pi_\text{prev}/\pi_\text{gen}` (possibly truncated) if
     ``use_importance_sampling_correction`` else 1, and the KL weight is the score-function

@@ -60,14 +60,19 @@ def dpo_loss(
 
     .. math::
 
-        r(y) = \sum_t m_t \big(\log\pi_\theta(y_t) - \log\pi_\text{ref}(y_t)\big)
+        \begin{aligned}
+        r(y) = \sum_t m_t \big(&\log\pi_\theta(y_t) \\
+        &- \log\pi_\text{ref}(y_t)\big)
+        \end{aligned}
 
     .. math::
 
-        \mathcal L = w_p\,\frac{1}{N_\text{pairs}} \sum_i p_i\,
-            \big[-\log\sigma\big(\beta\,(r(y^+_i) - r(y^-_i))\big)\big]
-          + w_s\,\frac{1}{N_\text{pairs}} \sum_i p_i\,
-            \big[-\textstyle\sum_t m^+_{i,t}\log\pi_\theta(y^+_{i,t})\big]
+        \begin{aligned}
+        \mathcal L = {}& w_p\,\frac{1}{N_\text{pairs}} \sum_i p_i \\
+        &\times \big[-\log\sigma\big(\beta\,(r(y^+_i) - r(y^-_i))\big)\big] \\
+        &+ w_s\,\frac{1}{N_\text{pairs}} \sum_i p_i \\
+        &\times \big[-\textstyle\sum_t m^+_{i,t}\log\pi_\theta(y^+_{i,t})\big]
+        \end{aligned}
 
     (the SFT sum becomes a mean over tokens with ``sft_average_log_probs``), where
     :math:`p` is ``pair_mask`` and :math:`N_\text{pairs}` = ``global_valid_pairs`` (default

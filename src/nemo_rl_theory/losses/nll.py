@@ -19,7 +19,10 @@ def nll_loss(
 
     .. math::
 
-        \mathcal L_\text{SFT} = -\frac{1}{N_\text{tok} + 10^{-8}} \sum_{b,t} m_{b,t}\, s_b \log\pi_\theta(y_{b,t})
+        \begin{aligned}
+        \mathcal L_\text{SFT} = {}&-\frac{1}{N_\text{tok} + 10^{-8}} \\
+        &\times \sum_{b,t} m_{b,t}\, s_b \log\pi_\theta(y_{b,t})
+        \end{aligned}
 
     where :math:`m` is the token ``mask`` (1 on response tokens, 0 on prompt and padding),
     :math:`s` the ``sample_mask`` and :math:`N_\text{tok}` = ``global_valid_toks`` (default:

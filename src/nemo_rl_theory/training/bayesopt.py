@@ -8,8 +8,10 @@ unknown objective :math:`f`; observations are :math:`y_i = f(x_i) + \varepsilon_
 
 .. math::
 
-    \mu(x_*) = m + k_*^\top (K + \sigma_n^2 I)^{-1} (y - m), \qquad
-    \sigma^2(x_*) = k(x_*, x_*) - k_*^\top (K + \sigma_n^2 I)^{-1} k_* .
+    \begin{aligned}
+    \mu(x_*) &= m + k_*^\top (K + \sigma_n^2 I)^{-1} (y - m), \\
+    \sigma^2(x_*) &= k(x_*, x_*) - k_*^\top (K + \sigma_n^2 I)^{-1} k_* .
+    \end{aligned}
 
 Expected improvement over the best observation :math:`f^*` (Jones et al., 1998), for
 *maximisation*, with exploration margin :math:`\xi \ge 0` and :math:`z = (\mu - f^* - \xi)/\sigma`:
@@ -120,8 +122,10 @@ def matern52_kernel(x1: Tensor, x2: Tensor, *, lengthscale: float = 1.0, varianc
 
     .. math::
 
-        k(x, x') = s^2 \Big(1 + \frac{\sqrt5\, r}{\ell} + \frac{5 r^2}{3 \ell^2}\Big)
-                   \exp\!\Big(-\frac{\sqrt5\, r}{\ell}\Big) .
+        \begin{aligned}
+        k(x, x') = s^2 &\Big(1 + \frac{\sqrt5\, r}{\ell} + \frac{5 r^2}{3 \ell^2}\Big) \\
+                   &\times \exp\!\Big(-\frac{\sqrt5\, r}{\ell}\Big) .
+        \end{aligned}
 
     Sample paths are twice differentiable (the RBF's are infinitely so), the usual default for
     hyperparameter search (Snoek et al., 2012). The distance is computed as
@@ -201,8 +205,12 @@ def gp_posterior(x_train: Tensor, y_train: Tensor, x_test: Tensor, config: GPCon
 
     .. math::
 
-        \mu = m + k_*^\top \alpha, \quad \alpha = L^{-\top} L^{-1} (y - m), \qquad
-        \sigma^2 = k(x_*, x_*) - \|L^{-1} k_*\|^2, \quad L L^\top = K + \sigma_n^2 I .
+        \begin{aligned}
+        \mu &= m + k_*^\top \alpha, \\
+        \alpha &= L^{-\top} L^{-1} (y - m), \\
+        \sigma^2 &= k(x_*, x_*) - \|L^{-1} k_*\|^2, \\
+        L L^\top &= K + \sigma_n^2 I .
+        \end{aligned}
 
     The variance is that of :math:`f(x_*)`; add ``config.noise`` for a new noisy observation.
     Rounding can make :math:`\sigma^2` a few ulps negative where the data pin :math:`f` down; it
@@ -233,7 +241,11 @@ def gp_log_marginal_likelihood(x_train: Tensor, y_train: Tensor, config: GPConfi
 
     .. math::
 
-        \log p(y \mid X) = -\tfrac12 (y - m)^\top \alpha - \sum_i \log L_{ii} - \tfrac{N}{2} \log 2\pi .
+        \begin{aligned}
+        \log p(y \mid X) = {}&-\tfrac12 (y - m)^\top \alpha \\
+        &- \sum_i \log L_{ii} \\
+        &- \tfrac{N}{2} \log 2\pi .
+        \end{aligned}
 
     Differentiable in the inputs and targets (the hyperparameters are plain floats).
     """
@@ -275,7 +287,10 @@ def fit_gp(
 
     .. math::
 
-        \hat s^2(\ell, \lambda) = \frac{1}{N} (y - m)^\top (R_\ell + \lambda I)^{-1} (y - m),
+        \begin{aligned}
+        &\hat s^2(\ell, \lambda) \\
+        &\ = \frac{1}{N} (y - m)^\top (R_\ell + \lambda I)^{-1} (y - m),
+        \end{aligned}
 
     so only :math:`(\ell, \lambda)` is searched, exhaustively: no optimiser, no local optima,
     the same answer every time. Grid points whose matrix is not positive definite are skipped.
@@ -378,9 +393,11 @@ def expected_improvement(mean: Tensor, std: Tensor, best: float | Tensor, *, xi:
 
     .. math::
 
-        \operatorname{EI} = (\mu - f^* - \xi)\,\Phi(z) + \sigma\,\varphi(z)
-                          = \sigma\,\big(z\,\Phi(z) + \varphi(z)\big),
-        \qquad z = \frac{\mu - f^* - \xi}{\sigma},
+        \begin{aligned}
+        \operatorname{EI} &= (\mu - f^* - \xi)\,\Phi(z) + \sigma\,\varphi(z) \\
+                          &= \sigma\,\big(z\,\Phi(z) + \varphi(z)\big), \\
+        z &= \frac{\mu - f^* - \xi}{\sigma},
+        \end{aligned}
 
     and :math:`\max(\mu - f^* - \xi, 0)` where :math:`\sigma = 0`. For :math:`z < 0` the two terms
     nearly cancel; the library evaluates :math:`z\Phi(z) + \varphi(z)` through the scaled

@@ -316,7 +316,10 @@ def expected_squared_advantage(
 
     .. math::
 
-        \mathbb E[A_i^2] = \frac{1}{G}\sum_{k=0}^{G} \binom{G}{k} p^k (1-p)^{G-k}\,\sum_{i=1}^{G} A_i(k)^2,
+        \begin{aligned}
+        \mathbb E[A_i^2] &= \frac{1}{G}\sum_{k=0}^{G} \binom{G}{k} p^k (1-p)^{G-k} \\
+        &\qquad \times \sum_{i=1}^{G} A_i(k)^2,
+        \end{aligned}
 
     with :math:`A_i(k)` computed by :func:`~nemo_rl_theory.advantages.grpo_advantages` on a group of
     :math:`k` ones and :math:`G - k` zeros (float64). The policy-gradient estimate of a prompt is

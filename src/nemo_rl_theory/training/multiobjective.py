@@ -190,8 +190,10 @@ def scalarized_advantages(
 
     .. math::
 
-        A_i^{\text{before}} = \operatorname{GRPO}\Big(\sum_k w_k r_{\cdot,k}\Big)_i, \qquad
-        A_i^{\text{after}} = \sum_k w_k\, \operatorname{GRPO}\big(r_{\cdot,k}\big)_i
+        \begin{aligned}
+        A_i^{\text{before}} &= \operatorname{GRPO}\Big(\sum_k w_k r_{\cdot,k}\Big)_i, \\
+        A_i^{\text{after}} &= \sum_k w_k\, \operatorname{GRPO}\big(r_{\cdot,k}\big)_i
+        \end{aligned}
 
     ``weight_before_normalization=True`` is what a weighted reward function (the toy's
     ``weighted_reward``) gives; ``False`` weights :func:`per_objective_advantages`. The two agree
@@ -342,9 +344,11 @@ def gradnorm_update(
 
     .. math::
 
-        w_k \leftarrow w_k - \eta\,\operatorname{sign}(G_k - \bar G r_k^\alpha)\,
-        \lVert\nabla_W\mathcal L_k\rVert, \qquad
-        w \leftarrow K\, \frac{\max(w, w_{\min})}{\sum_j \max(w_j, w_{\min})}
+        \begin{aligned}
+        w_k &\leftarrow w_k - \eta\,\operatorname{sign}(G_k - \bar G r_k^\alpha) \\
+        &\qquad \times \lVert\nabla_W\mathcal L_k\rVert, \\
+        w &\leftarrow K\, \frac{\max(w, w_{\min})}{\sum_j \max(w_j, w_{\min})}
+        \end{aligned}
 
     The renormalisation keeps :math:`\sum_k w_k = K` (it decouples the balancing from the
     global learning rate); the floor ``min_weight`` keeps the weights positive when a step

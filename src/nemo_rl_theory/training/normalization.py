@@ -100,9 +100,11 @@ def token_weights(
 
     .. math::
 
-        w^\text{token}_{b,t} = \frac{s_b m_{b,t}}{N_\text{tok} + \epsilon}, \qquad
-        w^\text{sequence}_{b,t} = \frac{s_b m_{b,t}}{(|y_b| + \epsilon)(N_\text{seq} + \epsilon)}, \qquad
-        w^\text{constant}_{b,t} = \frac{s_b m_{b,t}}{N_\text{seq} L_\text{max} + \epsilon}
+        \begin{aligned}
+        w^\text{token}_{b,t} &= \frac{s_b m_{b,t}}{N_\text{tok} + \epsilon}, \\
+        w^\text{sequence}_{b,t} &= \frac{s_b m_{b,t}}{(|y_b| + \epsilon)(N_\text{seq} + \epsilon)}, \\
+        w^\text{constant}_{b,t} &= \frac{s_b m_{b,t}}{N_\text{seq} L_\text{max} + \epsilon}
+        \end{aligned}
 
     with :math:`|y_b| = \sum_t m_{b,t}` and :math:`N_\text{tok}`, :math:`N_\text{seq}` the global
     counts if given, else the local ones. These are exactly the weights that
@@ -212,10 +214,12 @@ def response_weights(
 
     .. math::
 
-        W^\text{token}_b = \frac{|y_b|}{N_\text{tok} + \epsilon}, \qquad
-        W^\text{sequence}_b = \frac{|y_b|}{(|y_b| + \epsilon)(N_\text{seq} + \epsilon)}
-            \approx \frac{1}{N_\text{seq}}, \qquad
-        W^\text{constant}_b = \frac{|y_b|}{N_\text{seq} L_\text{max} + \epsilon}
+        \begin{aligned}
+        W^\text{token}_b &= \frac{|y_b|}{N_\text{tok} + \epsilon}, \\
+        W^\text{sequence}_b &= \frac{|y_b|}{(|y_b| + \epsilon)(N_\text{seq} + \epsilon)} \\
+            &\approx \frac{1}{N_\text{seq}}, \\
+        W^\text{constant}_b &= \frac{|y_b|}{N_\text{seq} L_\text{max} + \epsilon}
+        \end{aligned}
 
     :math:`W_b` is the loss's sensitivity to a uniform shift of all of response :math:`b`'s
     per-token terms: at ratio 1 it scales the total push :math:`-A_b W_b` on its
@@ -329,11 +333,16 @@ def clipped_surrogate(
 
     .. math::
 
-        \ell(r) = \begin{cases}
+        \begin{aligned}
+        &\ell(r) = {} \\
+        &\begin{cases}
             -A \min(r, b) & A \ge 0, \\
-            |A| \max(r, a) & A < 0, \text{ no dual clip}, \\
-            |A| \min\big(\max(r, a),\, c\big) & A < 0, \text{ dual clip } c.
+            |A| \max(r, a) & A < 0, \\
+            & \text{no dual clip}, \\
+            |A| \min(\max(r, a), c) & A < 0, \\
+            & \text{dual clip } c.
         \end{cases}
+        \end{aligned}
 
     For :math:`A \ge 0` it is bounded, :math:`-A b \le \ell \le 0`; for :math:`A < 0` it is
     bounded below by :math:`|A| a` and, only with the dual clip, above by :math:`c|A|`.
@@ -370,11 +379,16 @@ def clipped_surrogate_grad(
 
     .. math::
 
-        \frac{\partial\ell}{\partial\log\pi_\theta} = \begin{cases}
+        \begin{aligned}
+        &\frac{\partial\ell}{\partial\log\pi_\theta} = {} \\
+        &\begin{cases}
             -A r & A \ge 0,\ r < 1 + \varepsilon_\text{high}, \\
-            -A r & A < 0,\ 1 - \varepsilon_\text{low} < r\ (< c \text{ with dual clip}), \\
-            0 & \text{otherwise (the flat, clipped pieces).}
+            -A r & A < 0,\ 1 - \varepsilon_\text{low} < r \\
+            & \quad (< c \text{ with dual clip}), \\
+            0 & \text{otherwise (the flat,} \\
+            & \text{clipped pieces).}
         \end{cases}
+        \end{aligned}
 
     At a kink the loss has two one-sided derivatives; this function returns the one from the
     side that ``ratio`` is on by the strict inequalities above (the flat side at equality).

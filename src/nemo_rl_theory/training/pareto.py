@@ -193,7 +193,10 @@ def hypervolume(front: Tensor, reference: Tensor, *, maximize: Directions = Fals
 
     .. math::
 
-        \operatorname{HV}(S; r) = \lambda_M\Big(\bigcup_{s \in S} [s_1, r_1] \times \dots \times [s_M, r_M]\Big),
+        \begin{aligned}
+        \operatorname{HV}(S; r) = \lambda_M\Big(&\bigcup_{s \in S} [s_1, r_1] \times \dots \\
+        &\times [s_M, r_M]\Big),
+        \end{aligned}
 
     with :math:`\lambda_M` the Lebesgue measure. Points that are not strictly better than
     :math:`r` in every objective span an empty box and contribute nothing; dominated points
@@ -259,7 +262,10 @@ def chebyshev_scalarization(
 
     .. math::
 
-        g(f \mid w, z) = \max_k w_k\,|f_k - z_k| \;+\; \rho \sum_k |f_k - z_k|,
+        \begin{aligned}
+        g(f \mid w, z) = {}&\max_k w_k\,|f_k - z_k| \\
+        &+ \rho \sum_k |f_k - z_k|,
+        \end{aligned}
 
     with :math:`z` an ideal point (at least as good as every point in every objective) and
     :math:`\rho` = ``augmentation`` :math:`\ge 0`. With :math:`\rho = 0` (Tchebycheff, as in

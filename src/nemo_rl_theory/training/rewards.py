@@ -484,8 +484,11 @@ def progress_potential(
 
     .. math::
 
-        \Phi(s_t) = \lambda \min(t, k_i) \quad (t < n_i), \qquad
-        \Phi(s_{n_i}) = 0 \text{ if terminal\_zero else } \lambda \min(n_i, k_i)
+        \begin{aligned}
+        \Phi(s_t) &= \lambda \min(t, k_i) \quad (t < n_i), \\
+        \Phi(s_{n_i}) &= 0 \text{ if terminal\_zero} \\
+        &\quad \text{else } \lambda \min(n_i, k_i)
+        \end{aligned}
 
     with :math:`k_i` the :func:`prefix_match_length`, :math:`n_i` the response length and
     :math:`\lambda` = ``scale``: the number of answer tokens reproduced so far (while the prefix is

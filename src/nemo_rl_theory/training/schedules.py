@@ -206,8 +206,12 @@ class WarmupLinearDecay(_WarmupThenDecay):
 
     .. math::
 
-        m(t) = \begin{cases} s + (1 - s)\, t / W & t < W \\
-        1 - (1 - r)\, \dfrac{t - W}{T - W} & W \le t \le T \\ r & t > T \end{cases}
+        \begin{aligned}
+        &m(t) = \begin{cases} s + (1 - s)\, t / W & t < W \\
+        1 - (1 - r)\, u(t) & t \in [W, T] \\
+        r & t > T \end{cases} \\
+        &\text{with } u(t) = \dfrac{t - W}{T - W}
+        \end{aligned}
     """
 
     def lr_multiplier(self, step: int) -> float:
@@ -233,9 +237,12 @@ class WarmupCosineDecay(_WarmupThenDecay):
 
     .. math::
 
-        m(t) = \begin{cases} s + (1 - s)\, t / W & t < W \\
-        r + (1 - r)\, \tfrac{1}{2}\left(1 + \cos\left(\pi\, \dfrac{t - W}{T - W}\right)\right) & W \le t \le T \\
-        r & t > T \end{cases}
+        \begin{aligned}
+        &m(t) = \begin{cases} s + (1 - s)\, t / W & t < W \\
+        r + (1 - r)\, h(t) & t \in [W, T] \\
+        r & t > T \end{cases} \\
+        &\text{with } h(t) = \tfrac{1}{2}\Big(1 + \cos\Big(\pi\, \dfrac{t - W}{T - W}\Big)\Big)
+        \end{aligned}
 
     In torch: ``LinearLR`` then ``CosineAnnealingLR(T_max=T-W, eta_min=r * lr)``, then
     ``ConstantLR(factor=r)`` to hold the floor (``CosineAnnealingLR`` alone climbs back up after
@@ -304,7 +311,10 @@ class CosineWarmRestarts(_Schedule):
 
     .. math::
 
-        m(t) = r + (1 - r)\, \tfrac{1}{2}\left(1 + \cos\left(\pi\, \frac{T_\text{cur}}{T_i}\right)\right)
+        \begin{aligned}
+        m(t) &= r + (1 - r) \\
+        &\quad \times \tfrac{1}{2}\Big(1 + \cos\Big(\pi\, \frac{T_\text{cur}}{T_i}\Big)\Big)
+        \end{aligned}
 
     The multiplier jumps back to 1 at the start of every cycle (the *restart*).
     """
@@ -518,8 +528,11 @@ def adam_updates(
 
     .. math::
 
-        m_t = \beta_1 m_{t-1} + (1 - \beta_1) g_t,\quad v_t = \beta_2 v_{t-1} + (1 - \beta_2) g_t^2,\quad
-        \Delta\theta_t = -\eta_t\, \frac{m_t / (1 - \beta_1^t)}{\sqrt{v_t / (1 - \beta_2^t)} + \epsilon}
+        \begin{aligned}
+        m_t &= \beta_1 m_{t-1} + (1 - \beta_1) g_t, \\
+        v_t &= \beta_2 v_{t-1} + (1 - \beta_2) g_t^2, \\
+        \Delta\theta_t &= -\eta_t\, \frac{m_t / (1 - \beta_1^t)}{\sqrt{v_t / (1 - \beta_2^t)} + \epsilon}
+        \end{aligned}
 
     with :math:`m_0 = v_0 = 0`. Because Adam's update does not depend on the parameters, the
     changes follow from the gradients alone.

@@ -72,9 +72,11 @@ def global_grad_norm(
 
     .. math::
 
-        \lVert g \rVert_p = \Big(\sum_k \lVert g_k \rVert_p^p\Big)^{1/p}
-        = \big\lVert (\lVert g_1\rVert_p, \dots, \lVert g_K\rVert_p) \big\rVert_p,
-        \qquad \lVert g \rVert_\infty = \max_k \max_i |g_{k,i}|
+        \begin{aligned}
+        \lVert g \rVert_p &= \Big(\sum_k \lVert g_k \rVert_p^p\Big)^{1/p} \\
+        &= \big\lVert (\lVert g_1\rVert_p, \dots, \lVert g_K\rVert_p) \big\rVert_p, \\
+        \lVert g \rVert_\infty &= \max_k \max_i |g_{k,i}|
+        \end{aligned}
 
     computed as the norm of the per-tensor norms, as ``torch.nn.utils.get_total_norm`` does.
 
@@ -245,11 +247,15 @@ def guarded_step(
 
     .. math::
 
-        \theta_{t+1}, s_{t+1} = \begin{cases}
-        \operatorname{step}\big(\theta_t, s_t, \operatorname{clip}_c(g_t)\big) & \text{if } L_t
-            \text{ and } \lVert g_t\rVert \text{ are finite (and } \texttt{should\_skip} \text{ is false),}\\
-        \theta_t, s_t & \text{otherwise,}
+        \begin{aligned}
+        &\theta_{t+1}, s_{t+1} \\
+        &\ = \begin{cases}
+        \operatorname{step}\big(\theta_t, s_t, \operatorname{clip}_c(g_t)\big) \\
+        \quad \text{if } L_t \text{ and } \lVert g_t\rVert \text{ are finite} \\
+        \quad \text{(and } \texttt{should\_skip} \text{ is false),}\\
+        \theta_t, s_t \quad \text{otherwise,}
         \end{cases}
+        \end{aligned}
 
     with :math:`s` the optimizer state (Adam's moments and step count). A non-finite loss is
     caught before ``backward`` (no NaN gradient is ever written); a non-finite gradient norm
@@ -317,10 +323,12 @@ class RunningMoments:
 
     .. math::
 
-        W_t = \beta W_{t-1} + 1, \quad
-        \mu_t = \mu_{t-1} + \frac{x_t - \mu_{t-1}}{W_t}, \quad
-        S_t = \beta S_{t-1} + (x_t - \mu_{t-1})(x_t - \mu_t), \quad
-        \sigma_t^2 = \frac{S_t}{W_t}
+        \begin{aligned}
+        W_t &= \beta W_{t-1} + 1, \\
+        \mu_t &= \mu_{t-1} + \frac{x_t - \mu_{t-1}}{W_t}, \\
+        S_t &= \beta S_{t-1} + (x_t - \mu_{t-1})(x_t - \mu_t), \\
+        \sigma_t^2 &= \frac{S_t}{W_t}
+        \end{aligned}
 
     which equal the weighted mean and (population) variance with weights
     :math:`w_i = \beta^{t-i}`, :math:`i = 1..t`. For large :math:`t`, :math:`1/W_t \to 1 - \beta`:
@@ -390,8 +398,10 @@ class SpikeDetector:
 
     .. math::
 
-        z_t = \frac{x_t - \mu_{t-1}}{\max(\sigma_{t-1}, \sigma_\text{min})}, \qquad
-        \text{spike}_t = \big[t > \text{warmup}\big] \wedge \big[z_t > k\big]
+        \begin{aligned}
+        z_t &= \frac{x_t - \mu_{t-1}}{\max(\sigma_{t-1}, \sigma_\text{min})}, \\
+        \text{spike}_t &= \big[t > \text{warmup}\big] \wedge \big[z_t > k\big]
+        \end{aligned}
 
     with :math:`\mu, \sigma` from :class:`RunningMoments` (forgetting factor ``beta``).
     A spike, and any NaN/inf value (always flagged, ``z = inf``), is *not* absorbed into the
@@ -460,8 +470,10 @@ def masked_token_entropy(logits: Tensor, mask: Tensor) -> Tensor:
 
     .. math::
 
-        \bar H = \frac{\sum_{b,t} m_{b,t} H_{b,t}}{\sum_{b,t} m_{b,t} + 10^{-8}}, \qquad
-        H_{b,t} = -\sum_v p_{b,t,v}\log p_{b,t,v}
+        \begin{aligned}
+        \bar H &= \frac{\sum_{b,t} m_{b,t} H_{b,t}}{\sum_{b,t} m_{b,t} + 10^{-8}}, \\
+        H_{b,t} &= -\sum_v p_{b,t,v}\log p_{b,t,v}
+        \end{aligned}
 
     Args:
         logits: ``Tensor[B, T, V]``; rows at masked-out positions may hold anything finite.
@@ -487,9 +499,11 @@ def entropy_change_rate(logits: Tensor, update: Tensor) -> Tensor:
 
     .. math::
 
-        \frac{d}{d\eta} H\big(\pi_{z + \eta u}\big)\Big|_{\eta = 0}
-        = -\operatorname{Cov}_{a \sim \pi}\big(\log \pi(a),\, u(a)\big)
-        = -\sum_a \pi(a)\big(\log\pi(a) + H\big)\,u(a)
+        \begin{aligned}
+        &\frac{d}{d\eta} H\big(\pi_{z + \eta u}\big)\Big|_{\eta = 0} \\
+        &\quad = -\operatorname{Cov}_{a \sim \pi}\big(\log \pi(a),\, u(a)\big) \\
+        &\quad = -\sum_a \pi(a)\big(\log\pi(a) + H\big)\,u(a)
+        \end{aligned}
 
     Cui et al. (2025): with :math:`u = A` (natural policy gradient) the entropy falls whenever
     likely actions have high advantage; with the softmax policy gradient
