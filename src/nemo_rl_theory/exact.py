@@ -313,8 +313,8 @@ def expectation_weights(
     sequence. Both are linear in the batch, so their gradients are the exact expected
     gradients of the surrogate. (A token mean over a random number of tokens is not linear
     in the responses and has no such form.) The losses keep NeMo RL's :math:`+10^{-8}` in
-    their denominators: the result is the expectation times :math:`T_0 / (T_0 + 10^{-8})`
-    (token level) or :math:`1 / (1 + 10^{-8})` (sequence level).
+    every denominator, so the result differs from the expectation by a relative
+    :math:`O(10^{-8})` (at the token level exactly the factor :math:`T_0 / (T_0 + 10^{-8})`).
 
     Args:
         space: the enumerated responses.
