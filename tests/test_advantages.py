@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nemo_rl_theory import calculate_baseline_and_std_per_prompt, grpo_advantages
+from nemo_rl_theory.advantages import ADVANTAGE_STD_EPS, one_pass_baseline_and_std
 from support import grpo_advantages_reference
 
 
@@ -166,3 +167,36 @@ def test_near_ties_keep_their_true_spread(seed, n, leave_one_out):
         others = [float(offsets[j]) for j in range(n) if not (leave_one_out and j == i)]
         true = statistics.stdev(others) * 1e-9 if len(set(others)) > 1 else 0.0
         assert math.isclose(std[i].item(), true, rel_tol=1e-5, abs_tol=1e-20)
+
+
+# --- NeMo RL's one-pass computation, kept for comparison -----------------------------------------
+
+
+@given(
+    group_sizes=st.lists(st.integers(1, 6), min_size=1, max_size=4),
+    leave_one_out=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_one_pass_agrees_with_the_library_away_from_ties(group_sizes, leave_one_out, seed):
+    groups = torch.tensor([g for g, size in enumerate(group_sizes) for _ in range(size)])
+    rewards = torch.rand(len(groups), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    ours = calculate_baseline_and_std_per_prompt(groups, rewards, None, leave_one_out)
+    nemo = one_pass_baseline_and_std(groups, rewards, None, leave_one_out)
+    torch.testing.assert_close(nemo[0], ours[0], rtol=1e-12, atol=1e-15)  # the library snaps ties exactly
+    defined = ours[1] > 0  # n_i = 1 is where the two conventions differ (see below)
+    torch.testing.assert_close(nemo[1][defined], ours[1][defined], rtol=1e-9, atol=1e-12)
+
+
+def test_one_pass_reproduces_the_failures_the_library_fixes():
+    ids = torch.zeros(4, dtype=torch.long)
+    rewards = torch.tensor([0.7, 0.7, 0.7, 0.2], dtype=torch.float64)
+    baseline, std = one_pass_baseline_and_std(ids, rewards)
+    assert 0 < std[3].item() < 1e-7  # rounding noise where the peers tie
+    advantage = (rewards[3] - baseline[3]) / (std[3] + ADVANTAGE_STD_EPS)
+    assert advantage.item() < -1e5  # the README's -4.9e5; the library gives -0.5
+    # One other sample: 0 * inf = NaN -> 0 when r^2 - b^2 is exactly 0, but where rounding
+    # leaves a residue nan_to_num(inf) gives the largest float (the library: 0 for both).
+    pair = torch.tensor([0.3, 0.1], dtype=torch.float64)
+    _, std_two = one_pass_baseline_and_std(torch.zeros(2, dtype=torch.long), pair)
+    assert std_two.tolist() == [torch.finfo(torch.float64).max, 0.0]
+    assert calculate_baseline_and_std_per_prompt(torch.zeros(2, dtype=torch.long), pair, None)[1].tolist() == [0, 0]

@@ -120,24 +120,32 @@ def _padded_groups(group: Tensor, n_groups: int, *columns: Tensor) -> tuple[Tens
     return (*padded, slot)
 
 
+class _GroupSums:
+    """Per-row sums over the rows of the same group, and the baseline both variances share."""
+
+    def __init__(self, prompt_ids: Tensor, rewards: Tensor, valid: Tensor, leave_one_out: bool) -> None:
+        self.group = _group_index(prompt_ids)
+        self.n_groups = int(self.group.max()) + 1
+        self.leave_one_out = leave_one_out
+        self.n_valid = self.over_group(valid)
+        # Row i drops its own (valid-weighted) term; the count drops by one either way,
+        # which is NeMo RL's convention (an invalid row's baseline is a sum over n - 1).
+        self.n = self.n_valid - float(leave_one_out)
+        self.baseline = self.over_others(torch.where(valid != 0, rewards * valid, 0.0)) / self.n
+
+    def over_group(self, x: Tensor) -> Tensor:
+        zeros = torch.zeros(self.n_groups, dtype=x.dtype, device=x.device)
+        return zeros.index_add_(0, self.group, x)[self.group]
+
+    def over_others(self, x: Tensor) -> Tensor:
+        return self.over_group(x) - x if self.leave_one_out else self.over_group(x)
+
+
 def _baseline_and_std(prompt_ids: Tensor, rewards: Tensor, valid: Tensor, leave_one_out: bool) -> tuple[Tensor, Tensor]:
     if rewards.numel() == 0:
         return rewards.clone(), rewards.clone()
-    group = _group_index(prompt_ids)
-    n_groups = int(group.max()) + 1
-
-    def group_sum(x: Tensor) -> Tensor:
-        return torch.zeros(n_groups, dtype=rewards.dtype, device=rewards.device).index_add_(0, group, x)[group]
-
-    valid_rewards = torch.where(valid != 0, rewards * valid, 0.0)
-    n_valid = group_sum(valid)
-    sum_r = group_sum(valid_rewards)
-    if leave_one_out:
-        # Row i drops its own (valid-weighted) term; the count drops by one either way,
-        # which is NeMo RL's convention (an invalid row's baseline is a sum over n - 1).
-        sum_r = sum_r - valid_rewards
-    n = n_valid - float(leave_one_out)
-    baseline = sum_r / n
+    sums = _GroupSums(prompt_ids, rewards, valid, leave_one_out)
+    group, n_groups, n_valid, n, baseline = sums.group, sums.n_groups, sums.n_valid, sums.n, sums.baseline
 
     # Each row's view of its group: the rewards r_j and weights w_j of the rows j in S_i.
     padded_rewards, padded_valid, slot = _padded_groups(group, n_groups, rewards, valid)
@@ -170,6 +178,43 @@ def _baseline_and_std(prompt_ids: Tensor, rewards: Tensor, valid: Tensor, leave_
     baseline = torch.where(degenerate, rewards, baseline)
     std = torch.where(degenerate, 0.0, std)
     return baseline, std
+
+
+def one_pass_baseline_and_std(
+    prompt_ids: Tensor,
+    rewards: Tensor,
+    valid_mask: Tensor | None = None,
+    leave_one_out_baseline: bool = True,
+) -> tuple[Tensor, Tensor]:
+    r"""NeMo RL's own computation of :func:`calculate_baseline_and_std_per_prompt`, for comparison.
+
+    .. math::
+
+        \begin{aligned}
+        \sigma_i &= \sqrt{\tfrac{n_i}{n_i - 1}\,\big(\overline{r^2} - b_i^2\big)}, \\
+        \overline{r^2} &= \tfrac{1}{n_i}\textstyle\sum_{j\in S_i} r_j^2,
+        \end{aligned}
+
+    in one pass, with ``nan_to_num`` on the result, as ``nemo_rl/algorithms/utils.py`` (v0.7.0)
+    does. Baselines are the library's. It differs from the library only in rounding, except
+    where the rewards in :math:`S_i` tie at a non-dyadic value (then :math:`\sigma_i` is noise of
+    order :math:`10^{-8}` in float64 instead of 0) and for :math:`n_i = 1` where rounding leaves
+    a residue (:math:`\sigma_i = 1.8\times 10^{308}` in float64 instead of 0, e.g. for the 0.3 of
+    ``(0.3, 0.1)``). The pages and the conformance
+    tests use it to show those differences; train with the library's function.
+
+    Args and returns as :func:`calculate_baseline_and_std_per_prompt`.
+    """
+    prompt_ids, rewards, valid = _check_group_inputs(prompt_ids, rewards, valid_mask)
+    require_bool("leave_one_out_baseline", leave_one_out_baseline)
+    if rewards.numel() == 0:
+        return rewards.clone(), rewards.clone()
+    sums = _GroupSums(prompt_ids, rewards, valid, leave_one_out_baseline)
+    mean_square = sums.over_others(torch.where(valid != 0, rewards.square() * valid, 0.0)) / sums.n
+    # n / (n - 1) is inf for n = 1; NeMo RL's nan_to_num maps NaN to 0 and inf to the largest float.
+    std = ((mean_square - sums.baseline.square()) * (sums.n / (sums.n - 1))).sqrt().nan_to_num(0.0)
+    degenerate = sums.n_valid <= 1
+    return torch.where(degenerate, rewards, sums.baseline), torch.where(degenerate, 0.0, std)
 
 
 def grpo_advantages(
