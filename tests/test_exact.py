@@ -255,3 +255,16 @@ def test_next_states_and_reach_probabilities_follow_the_prefix_tree() -> None:
     assert (child[space.state_depth == space.max_length - 1] == -1).all()
     with pytest.raises(ValueError, match=r"seq_logprobs must have shape \[N\] = \[4\]"):
         ex.state_reach_probabilities(seq.detach(), ex.enumerate_responses(2, 2))
+
+
+def test_closed_form_token_scores_match_autograd() -> None:
+    space = ex.enumerate_responses(3, 3, eos_token_id=0)
+    table, token_lp, _ = policy(space, seed=13)
+    scores = ex.tabular_token_scores(table.detach(), space)
+    for i in range(space.num_responses):
+        for t in range(space.max_length):
+            if space.mask[i, t]:
+                (g,) = torch.autograd.grad(token_lp[i, t], table, retain_graph=True)
+                torch.testing.assert_close(scores[i, t], g, rtol=1e-12, atol=1e-15)
+            else:
+                assert scores[i, t].abs().max().item() == 0.0

@@ -24,7 +24,8 @@ The pieces:
   (prefix) :math:`s_t` it was chosen in.
 - A *tabular* policy is a table of logits, one row per state: :func:`tabular_token_logprobs`
   gives :math:`\log\pi(y_t\mid s_t)` as a ``[N, T]`` tensor aligned like every loss of the
-  library, and :func:`state_log_distributions` the whole next-token distribution per position.
+  library, :func:`state_log_distributions` the whole next-token distribution per position and
+  :func:`tabular_token_scores` the closed-form score of each token.
 - :func:`sequence_logprobs`, :func:`expectation` and :func:`sequence_kl` give
   :math:`\log\pi(y)`, :math:`\mathbb E[f]` and :math:`\mathrm{KL}(\pi\,\|\,q)` over sequences;
   :func:`next_states` and :func:`state_reach_probabilities` walk the prefix tree.
@@ -203,6 +204,23 @@ def tabular_token_logprobs(table: Tensor, space: ResponseSpace) -> Tensor:
     """
     distributions = state_log_distributions(table, space)
     return distributions.gather(-1, space.tokens[..., None]).squeeze(-1)
+
+
+def tabular_token_scores(table: Tensor, space: ResponseSpace) -> Tensor:
+    r"""``Tensor[N, T, num_states, V]``: :math:`\nabla_{\text{table}} \log\pi(y_t\mid s_t)` in closed form.
+
+    The score of a softmax row is :math:`e_{y_t} - \pi(\cdot\mid s_t)` in row :math:`s_t` of the
+    table and 0 in every other row (and on padding): the per-token terms of the score-function
+    estimator, without autograd.
+    """
+    space = _require_space(space)
+    table = _require_table(table, space)
+    probs = torch.softmax(table, dim=-1)
+    scores = torch.zeros(*space.mask.shape, *table.shape, dtype=table.dtype, device=table.device)
+    n, t = space.mask.nonzero(as_tuple=True)
+    state, token = space.state_ids[n, t], space.tokens[n, t]
+    scores[n, t, state] = torch.nn.functional.one_hot(token, space.vocab_size).to(table.dtype) - probs[state]
+    return scores
 
 
 def sequence_logprobs(token_logprobs: Tensor, space: ResponseSpace) -> Tensor:
