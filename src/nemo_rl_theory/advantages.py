@@ -56,11 +56,22 @@ def _check_group_inputs(
     return prompt_ids, rewards, valid
 
 
+def _check_std_rewards(std_rewards: object, rewards: Tensor, valid: Tensor) -> Tensor:
+    std_rewards = require_float_tensor("std_rewards", std_rewards)
+    if std_rewards.shape != rewards.shape:
+        raise ValueError(
+            f"std_rewards must have the shape of rewards [N] = [{rewards.shape[0]}], got {list(std_rewards.shape)}"
+        )
+    require_finite_where("std_rewards", std_rewards, valid != 0)
+    return std_rewards.to(rewards.dtype)
+
+
 def calculate_baseline_and_std_per_prompt(
     prompt_ids: Tensor,
     rewards: Tensor,
     valid_mask: Tensor | None,
     leave_one_out_baseline: bool = True,
+    std_rewards: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     r"""Per-response baseline and standard deviation from the responses to the same prompt.
 
@@ -87,6 +98,15 @@ def calculate_baseline_and_std_per_prompt(
     the normalised advantage of that response becomes :math:`\sim 10^{5}`; elsewhere the
     two agree to rounding.
 
+    ``std_rewards`` (NeMo RL 7ea279a, ``nemo_rl/algorithms/utils.py``): :math:`\sigma_i` is
+    then the same statistic of *another* reward :math:`s_j` (centred on its own mean
+    :math:`\bar s_i = \frac{1}{n_i}\sum_{j \in S_i} s_j` over the same :math:`S_i`), while
+    :math:`b_i` stays the mean of ``rewards``. NeMo RL's ``grpo_train`` passes the reward
+    before shaping (``unshaped_total_reward``) here when dynamic sampling is on, so groups are
+    filtered on the raw task metric while the baseline uses the shaped reward; that
+    :math:`\sigma` only decides the filter, the advantages are recomputed afterwards from the
+    shaped reward alone.
+
     Args:
         prompt_ids: ``Tensor[N]`` prompt ids, or ``Tensor[N, L]`` prompt token rows
             (identical rows are the same prompt).
@@ -94,13 +114,20 @@ def calculate_baseline_and_std_per_prompt(
         valid_mask: ``Tensor[N]``, 1 for responses that take part in the statistics
             (``None``: all).
         leave_one_out_baseline: exclude response :math:`i` from its own baseline.
+        std_rewards: optional ``Tensor[N]`` float, the reward whose spread gives
+            :math:`\sigma_i` (``None``: ``rewards``).
 
     Returns:
         ``(baseline, std)``, both ``Tensor[N]`` in the dtype of ``rewards``.
     """
     prompt_ids, rewards, valid = _check_group_inputs(prompt_ids, rewards, valid_mask)
     require_bool("leave_one_out_baseline", leave_one_out_baseline)
-    return _baseline_and_std(prompt_ids, rewards, valid, leave_one_out_baseline)
+    if std_rewards is None:
+        return _baseline_and_std(prompt_ids, rewards, valid, leave_one_out_baseline)
+    std_rewards = _check_std_rewards(std_rewards, rewards, valid)
+    baseline, _ = _baseline_and_std(prompt_ids, rewards, valid, leave_one_out_baseline)
+    _, std = _baseline_and_std(prompt_ids, std_rewards, valid, leave_one_out_baseline)
+    return baseline, std
 
 
 def _padded_groups(group: Tensor, n_groups: int, *columns: Tensor) -> tuple[Tensor, ...]:
