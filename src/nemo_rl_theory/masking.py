@@ -110,12 +110,13 @@ def masked_var(
 
         \begin{aligned}
         N &= \textstyle\sum_i m_i, \\
-        \mu &= \operatorname{masked\_mean}(x, m)
-          \ \text{(unless given)}, \\
+        \mu &= \operatorname{masked\_mean}(x, m), \\
         v &= \frac{\sum_i m_i (x_i - \mu)^2}{N + 10^{-8}}, \\
         \operatorname{var} &= \tfrac{N}{N - 1}\, v
-          \ \text{(unbiased)}, \ v \ \text{(biased)}
         \end{aligned}
+
+    with ``unbiased=True``, :math:`v` itself with ``unbiased=False``; :math:`\mu` is ``mean``
+    when given.
 
     As NeMo RL 7ea279a (``nemo_rl/algorithms/utils.py``): both means carry
     :func:`masked_mean`'s :math:`10^{-8}` in the denominator, so :math:`\mu` and :math:`v` are

@@ -260,18 +260,16 @@ def policy_ratios(
     .. math::
 
         \begin{aligned}
-        \text{token: } & r_t = e^{\log\pi_\theta(y_t)
-            - \log\pi_\text{prev}(y_t)} \\
-        \text{sequence: } & r_t = \exp\Big(\tfrac{1}{|y|}
-            \textstyle\sum_{s} m_s \\
-            &\quad \big(\log\pi_\theta(y_s)
-            - \log\pi_\text{prev}(y_s)\big)\Big) \\
-        \text{on\_policy: } & r_t = e^{\log\pi_\theta
-            - \mathrm{sg}(\log\pi_\theta)} = 1 \\
-        \text{disabled: } & r_t = \log\pi_\theta(y_t)
+        \text{token: } & r_t = e^{\delta_t} \\
+        \text{sequence: } & r_t = \exp\Big(
+            \tfrac{1}{|y|}\textstyle\sum_{s} m_s \delta_s\Big) \\
+        \text{on\_policy: } & r_t = e^{\ell_t
+            - \mathrm{sg}(\ell_t)} = 1 \\
+        \text{disabled: } & r_t = \ell_t
         \end{aligned}
 
-    with :math:`|y| = \sum_s m_s + 10^{-8}`. ``"sequence"`` is GSPO's geometric-mean ratio
+    with :math:`\ell_t = \log\pi_\theta(y_t)`, :math:`\delta_t = \ell_t - \log\pi_\text{prev}(y_t)`
+    and :math:`|y| = \sum_s m_s + 10^{-8}`. ``"sequence"`` is GSPO's geometric-mean ratio
     (``sequence_level_importance_ratios``), the same for every token of a row;
     ``"on_policy"`` (``force_on_policy_ratio``) has value 1 and the gradient of
     :math:`\log\pi_\theta`; ``"disabled"`` (``disable_ppo_ratio``) puts the log-prob where the
@@ -352,12 +350,14 @@ def clipped_surrogate(
     .. math::
 
         \begin{aligned}
-        \ell_t &= \max\big(-A_t r_t,\; -A_t \bar r_t\big) \\
+        \ell_t &= \max\big(-A_t r_t,\, -A_t \bar r_t\big) \\
         \text{CISPO: } \ell_t &= -A_t\,\mathrm{sg}(\bar r_t)
-            \log\pi_\theta(y_t) \\
-        \text{dual clip, } A_t < 0\text{: } \ell_t
-            &\leftarrow \min(\ell_t,\; -c A_t)
+            \log\pi_\theta \\
+        \text{dual clip: } \ell_t
+            &\leftarrow \min(\ell_t,\, -c A_t)
         \end{aligned}
+
+    (the dual clip applies where :math:`A_t < 0`; :math:`\log\pi_\theta = \log\pi_\theta(y_t)`).
 
     ``ratio_clip_min`` / ``ratio_clip_max`` are :math:`\varepsilon_\text{low}` /
     :math:`\varepsilon_\text{high}` (``None``: that side is not clipped; both ``None`` for
@@ -448,11 +448,11 @@ def actor_importance_weights(
     .. math::
 
         \begin{aligned}
-        \text{token: } w_t &= e^{\log\pi_\text{prev}(y_t)
-            - \log\pi_\text{gen}(y_t)} \\
-        \text{sequence: } w &= \exp\textstyle\sum_t m_t
-            \big(\log\pi_\text{prev} - \log\pi_\text{gen}\big)
+        \text{token: } w_t &= e^{\rho_t} \\
+        \text{sequence: } w &= \exp\textstyle\sum_t m_t \rho_t
         \end{aligned}
+
+    with :math:`\rho_t = \log\pi_\text{prev}(y_t) - \log\pi_\text{gen}(y_t)`.
 
     A weight that would overflow counts 0 (NeMo RL's ``nan_to_num(posinf=0)``). With bounds
     :math:`[a, b]` (``truncated_importance_sampling_ratio_min``, ``..._ratio``):
@@ -460,13 +460,14 @@ def actor_importance_weights(
     .. math::
 
         \begin{aligned}
-        \text{tis: } & w \leftarrow \operatorname{clip}(w, a, b),
-            \ a \text{ default } 0 \\
+        \text{tis: } & w \leftarrow \operatorname{clip}(w, a, b) \\
         \text{icepop: } & w \leftarrow w\,[a \le w \le b] \\
         \text{seq-mask-tis: } & w_t \leftarrow w_t\,[a \le g \le b], \\
-        & g = \exp\big(\tfrac{1}{|y|}\textstyle\sum_t m_t
-            (\log\pi_\text{prev} - \log\pi_\text{gen})\big)
+        & g = \exp\big(\tfrac{1}{|y|}
+            \textstyle\sum_t m_t \rho_t\big)
         \end{aligned}
+
+    (TIS's lower bound :math:`a` defaults to 0).
 
     ``out_of_bounds`` marks what fell outside :math:`[a, b]`; NeMo RL reports its mean as
     ``is_oob_ratio`` (over tokens for TIS and ICE-POP, over sequences for seq-mask-TIS). NeMo RL
