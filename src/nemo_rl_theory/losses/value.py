@@ -59,10 +59,13 @@ def value_loss(
     and :math:`N_\text{tok}` = ``global_valid_toks`` (default: the local count
     :math:`\sum m_{b,t} s_b`). Without clipping (``cliprange`` ``None`` or ``0``, as NeMo RL's
     ``if cliprange and cliprange > 0``) :math:`\ell_t = (V_t - R_t)^2`. The max takes the
-    *larger* (pessimistic) error. Where that is the clipped one (:math:`V_t` moved more than
-    :math:`\varepsilon` from :math:`V^\text{old}_t` toward :math:`R_t` without passing it) the
-    gradient is 0: no further move toward :math:`R_t` in this update. A :math:`V_t` that moved
-    away from :math:`R_t` keeps the full gradient that pulls it back. The gradient is
+    *larger* (pessimistic) error. With :math:`e_t` the clip edge on the side :math:`V_t` moved
+    past (:math:`V^\text{old}_t \pm \varepsilon`), the clipped error is the larger one exactly
+    when :math:`V_t` lies strictly between :math:`e_t` and its mirror image :math:`2R_t - e_t`
+    about the return: the move went toward :math:`R_t` (and possibly a little past it). There
+    the gradient is 0, so a critic that overshot :math:`R_t` by less than :math:`R_t - e_t` is
+    not pulled back in this update. Outside that interval (a move away from :math:`R_t`, or
+    past its mirror point) the full gradient applies. The gradient is
     :math:`\partial\mathcal L/\partial V_t = c\,m_t s_t (V_t - R_t)/N_\text{tok}` where the
     unclipped branch is active and 0 where the clipped one is.
 
