@@ -159,7 +159,7 @@ class ClippedPGConfig:
     #: loss has no KL term, whatever ``reference_policy_kl_penalty`` says (NeMo RL 7ea279a,
     #: ``ClippedPGLossFn`` sets its penalty to 0). NeMo RL's trainer also rejects this with a
     #: non-zero penalty under ``force_on_policy_ratio`` (``grpo.py``,
-    #: ``_validate_use_kl_in_reward_compat``: the reward's KL would read placeholder
+    #: ``_validate_use_kl_in_reward_compat``: the reward's KL would read the zero-filled
     #: ``prev_logprobs``); that is a trainer check about the advantage, not the loss, so it is
     #: not repeated here.
     use_kl_in_reward: bool = False
