@@ -22,6 +22,8 @@ from nemo_rl_theory.filters import (
 )
 from nemo_rl_theory.kl import calculate_kl
 from nemo_rl_theory.logprobs import entropy_from_logits, token_logprobs
+# >>> block H1
+# <<< block H1
 from nemo_rl_theory.losses import (
     DPO_LOSS_TYPES,
     ClippedPGConfig,
@@ -93,3 +95,6 @@ __all__ = [
     "token_logprobs",
     "value_loss",
 ]
+
+# >>> all H1
+# <<< all H1

@@ -1,0 +1,1 @@
+"""Performance & Scaling: the library code behind ``docs/advanced/performance`` and ``docs/advanced/performance-scaling``."""
