@@ -131,6 +131,18 @@ SECTIONS = {
         "hyperparameter-optimization",
         "multi-objective-tuning",
     },
+    "performance": {
+        "profiling",
+        "distributed-training",
+        "memory-optimization",
+        "mixed-precision",
+        "benchmarking",
+        "monitoring",
+    },
+    "performance-scaling": {
+        "distributed-training",
+        "memory-optimization",
+    },
 }
 
 
@@ -297,3 +309,31 @@ def test_every_built_seed_landing_is_checked() -> None:
     # landing), 003 (Advanced Training Techniques), 004 (Mathematical Foundations & Theory).
     if SEEDS.is_dir():
         assert {seed.name[:3] for seed, _ in seed_landings()} >= {"000", "001", "002", "003", "004"}
+
+
+# Sections whose landing has no seed of its own: their cards are those of one section of a seed
+# (seed 001's "Performance & Optimization", seed 002's "Performance & Scaling"), linked from the
+# section folder, so ``performance/profiling`` in the seed is ``profiling`` on the landing.
+SECTION_SEEDS = {
+    "performance": ("001", "Performance & Optimization"),
+    "performance-scaling": ("002", "Performance & Scaling"),
+}
+
+
+def seed_section(text: str, heading: str) -> str:
+    match = re.search(rf"^## {re.escape(heading)}\n(.*?)(?=^## |\Z)", text, re.M | re.S)
+    assert match, f"seed has no section {heading!r}"
+    return match.group(1)
+
+
+@pytest.mark.skipif(not SEEDS.is_dir(), reason="the seeds live in ../shared/seeds beside the repository")
+@pytest.mark.parametrize("section", sorted(SECTION_SEEDS))
+def test_section_landing_carries_its_seed_sections_cards(section: str) -> None:
+    number, heading = SECTION_SEEDS[section]
+    (seed,) = SEEDS.glob(f"{number}_*.txt")
+    seed_cards = cards(seed_section(seed.read_text(), heading))
+    expected = {target.removeprefix(f"{section}/"): card for target, card in seed_cards.items()}
+    assert all("/" not in target for target in expected), f"{seed.name}: {heading} links outside {section}/"
+    landing = DOCS / "advanced" / section / "index.md"
+    assert cards(landing.read_text()) == expected
+    assert seed_section(landing.read_text(), heading).count("grid-item-card") == len(expected)
