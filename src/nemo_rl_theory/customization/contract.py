@@ -39,14 +39,14 @@ from __future__ import annotations
 
 import functools
 import math
-import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from nemo_rl_theory.performance.distributed import run_ranks
 
 #: The clauses, in the order they are checked.
 CLAUSES: tuple[str, ...] = ("microbatch", "data_parallel", "gradcheck", "padding", "bad_input")
@@ -241,58 +241,38 @@ def _compare(
     return ClauseResult(name, ok, detail, max(errs.values()))
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _dp_worker(
+def _dp_rank(
     rank: int,
     world_size: int,
-    port: int,
-    timeout_s: float,
+    *,
     loss_fn: Callable[..., Any],
     batch: Mapping[str, Any],
     wrt: Sequence[str],
     row_keys: Sequence[str],
-    shard: Tensor,
+    shards: Sequence[Tensor],
     counts: Mapping[str, CountFn],
-    queue: Any,
-) -> None:
+) -> tuple[float, dict[str, Any]]:
     """One data-parallel rank: local counts all-reduced, own rows' loss, gradients all-reduced."""
     import torch.distributed as dist
 
-    torch.set_num_threads(1)
-    try:
-        dist.init_process_group(
-            "gloo",
-            init_method=f"tcp://127.0.0.1:{port}",
-            rank=rank,
-            world_size=world_size,
-            timeout=timedelta(seconds=timeout_s),
-        )
-        params = {n: batch[n].detach().clone().requires_grad_(True) for n in wrt}
-        piece = _select_rows(batch, row_keys, shard)
-        piece.update({n: params[n][shard] for n in wrt})
-        global_counts = _counts(counts, piece)
-        for c in global_counts.values():
-            dist.all_reduce(c)  # SUM: every rank now holds the global count
-        loss = _loss_of(loss_fn(**{**piece, **global_counts}))
-        if loss.requires_grad:
-            loss.backward()
-        total = loss.detach().to(torch.float64).clone()
-        dist.all_reduce(total)
-        grads = {}
-        for n, p in params.items():
-            g = torch.zeros_like(p) if p.grad is None else p.grad.clone()
-            dist.all_reduce(g)
-            grads[n] = g.numpy()
-        if rank == 0:
-            queue.put(("ok", float(total), grads))
-        dist.destroy_process_group()
-    except BaseException as exc:  # report, never hang the parent
-        queue.put(("error", f"rank {rank}: {type(exc).__name__}: {exc}", None))
+    shard = shards[rank]
+    params = {n: batch[n].detach().clone().requires_grad_(True) for n in wrt}
+    piece = _select_rows(batch, row_keys, shard)
+    piece.update({n: params[n][shard] for n in wrt})
+    global_counts = _counts(counts, piece)
+    for c in global_counts.values():
+        dist.all_reduce(c)  # SUM: every rank now holds the global count
+    loss = _loss_of(loss_fn(**{**piece, **global_counts}))
+    if loss.requires_grad:
+        loss.backward()
+    total = loss.detach().to(torch.float64).clone()
+    dist.all_reduce(total)
+    grads = {}
+    for n, p in params.items():
+        g = torch.zeros_like(p) if p.grad is None else p.grad.clone()
+        dist.all_reduce(g)
+        grads[n] = g.numpy()
+    return float(total), grads
 
 
 def _run_distributed(
@@ -305,35 +285,15 @@ def _run_distributed(
     timeout_s: float,
     start_method: str,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    import multiprocessing as mp
-
-    ctx = mp.get_context(start_method)
-    queue = ctx.Queue()
-    port = _free_port()
-    procs = [
-        ctx.Process(
-            target=_dp_worker,
-            args=(r, len(shards), port, timeout_s, loss_fn, batch, wrt, row_keys, shards[r], counts, queue),
-            daemon=True,
-        )
-        for r in range(len(shards))
-    ]
-    for p in procs:
-        p.start()
-    status, payload, grads = "error", f"data-parallel ranks gave no result within {timeout_s} s", None
+    body = functools.partial(
+        _dp_rank, loss_fn=loss_fn, batch=batch, wrt=wrt, row_keys=row_keys, shards=shards, counts=counts
+    )
     try:
-        status, payload, grads = queue.get(timeout=timeout_s)
-    except Exception:  # queue.Empty: a rank hung or died
-        pass
-    finally:
-        for p in procs:  # after a success the ranks are finishing; after a failure stop them now
-            p.join(timeout=timeout_s if status == "ok" else 0.1)
-            if p.is_alive():
-                p.terminate()
-                p.join(timeout=5)
-    if status != "ok":
-        raise RuntimeError(f"data-parallel run failed: {payload}")
-    return torch.tensor(payload, dtype=torch.float64), {n: torch.from_numpy(g) for n, g in grads.items()}
+        results = run_ranks(body, len(shards), timeout_s=timeout_s, start_method=start_method)
+    except RuntimeError as exc:
+        raise RuntimeError(f"data-parallel run failed: {exc}") from exc
+    total, grads = results[0]
+    return torch.tensor(total, dtype=torch.float64), {n: torch.from_numpy(g) for n, g in grads.items()}
 
 
 def _padding_positions(spec: str | Callable[[Mapping[str, Any]], Tensor], batch: Mapping[str, Any]) -> Tensor:

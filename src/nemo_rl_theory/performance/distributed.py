@@ -30,6 +30,9 @@ BACKENDS: tuple[str, ...] = ("gloo", "nccl", "mpi", "ucc", "xccl")
 
 _POLL_S = 0.05  # how often the parent looks at the queue and the children
 _GRACE_S = 2.0  # after a success: how long a rank may take to exit before it is terminated
+_SETTLE_S = 0.5  # after a first failure: how long to wait for the other ranks' reports
+# A rank that fails because *another* rank died reports one of these (gloo's wording).
+_PEER_ERRORS: tuple[str, ...] = ("by peer", "remote worker", "Connection refused", "Socket closed", "Timed out")
 
 
 def free_port() -> int:
@@ -92,9 +95,7 @@ def _rank_main(
         results.put(("error", rank, f"{text}\n{tail}"))
 
 
-def _check_args(
-    fn: object, world_size: object, timeout_s: object, backend: object, threads_per_rank: object
-) -> None:
+def _check_args(fn: object, world_size: object, timeout_s: object, backend: object, threads_per_rank: object) -> None:
     if not callable(fn):
         raise TypeError(f"fn must be callable as fn(rank, world_size), got {type(fn).__name__}")
     if isinstance(world_size, bool) or not isinstance(world_size, int):
@@ -111,6 +112,32 @@ def _check_args(
         raise TypeError(f"threads_per_rank must be an int, got {type(threads_per_rank).__name__}")
     if threads_per_rank < 1:
         raise ValueError(f"threads_per_rank must be >= 1, got {threads_per_rank}")
+
+
+def _failure_message(errors: dict[int, str], stuck: list[int], timeout_s: float) -> str:
+    """The root cause first: a rank's own exception, then a rank that exited, then a rank that hung,
+    then errors a rank got because a peer died or hung (gloo's connection and timeout errors)."""
+
+    def is_peer(text: str) -> bool:
+        return any(marker in text for marker in _PEER_ERRORS)
+
+    entries: list[tuple[int, int, str]] = []
+    for r, text in errors.items():
+        first = text.splitlines()[0]
+        if text.startswith("exited"):
+            entries.append((1, r, f"rank {r} {first}"))
+        else:
+            entries.append((3 if is_peer(first) else 0, r, f"rank {r} raised {first}"))
+    for r in stuck:
+        entries.append((2, r, f"rank {r} did not finish within timeout_s={timeout_s} s (hung?)"))
+    entries.sort()
+    message = "; ".join(text for _, _, text in entries)
+    root = entries[0][1] if entries else None
+    if root in errors and entries[0][0] == 0:
+        detail = "\n".join(errors[root].splitlines()[1:])
+        if detail.strip():
+            message += f"\n{detail}"
+    return message
 
 
 def _stop(procs: list[Any], grace_s: float) -> None:
@@ -148,11 +175,15 @@ def run_ranks(
     Args:
         fn: the per-rank body. With ``start_method="fork"`` any callable works (closures,
             lambdas); with ``"spawn"``/``"forkserver"`` it must be picklable (module level).
+            The ranks are daemonic processes, so ``fn`` cannot start ``multiprocessing``
+            children of its own (e.g. ``DataLoader`` workers).
         world_size: number of ranks (processes).
         timeout_s: bound on the whole run: the process group's timeout and the parent's deadline
             for every result.
         backend: ``torch.distributed`` backend; ``"gloo"`` works on CPU.
-        start_method: ``multiprocessing`` start method.
+        start_method: ``multiprocessing`` start method. ``"spawn"`` and ``"forkserver"`` also
+            start multiprocessing's resource tracker (and fork server), shared helpers that live
+            until the interpreter exits; ``"fork"`` starts only the ranks.
         threads_per_rank: intra-op threads of each rank.
 
     Returns:
@@ -185,41 +216,46 @@ def run_ranks(
         for rank in range(world_size)
     ]
     got: dict[int, bytes] = {}
-    failure: str | None = None
-    start = time.monotonic()
+    errors: dict[int, str] = {}
+    stuck: list[int] = []
     try:
         for p in procs:
             p.start()
-        deadline = start + float(timeout_s)
-        while len(got) < world_size and failure is None:
+        deadline = time.monotonic() + float(timeout_s)
+        settle: float | None = None  # after a first failure: collect the others' for a moment
+        while len(got) + len(errors) < world_size:
+            now = time.monotonic()
+            if settle is not None and now > settle:
+                break
             try:
                 status, rank, payload = results.get(timeout=_POLL_S)
             except queue_module.Empty:
-                dead = [r for r, p in enumerate(procs) if r not in got and not p.is_alive()]
-                if dead:  # a rank may have reported just before exiting: drain once more
-                    try:
-                        status, rank, payload = results.get(timeout=0.5)
-                    except queue_module.Empty:
-                        r = dead[0]
-                        failure = f"rank {r} exited with code {procs[r].exitcode} without a result"
-                        break
-                elif time.monotonic() > deadline:
-                    missing = [r for r in range(world_size) if r not in got]
-                    failure = (
-                        f"rank {missing[0]} did not finish within timeout_s={timeout_s} s (hung?); "
-                        f"ranks without a result: {missing}"
-                    )
+                for r, p in enumerate(procs):
+                    if r not in got and r not in errors and not p.is_alive() and p.exitcode is not None:
+                        if settle is None:  # it may have reported just before exiting: look once more
+                            settle = time.monotonic() + _SETTLE_S
+                        elif now > settle - _SETTLE_S / 2:
+                            errors[r] = f"exited with code {p.exitcode} without a result"
+                if settle is None and now > deadline:
                     break
-                else:
-                    continue
+                continue
             if status == "ok":
                 got[rank] = payload
             else:
-                failure = f"rank {rank} raised {payload}"
+                errors[rank] = payload
+                if settle is None:
+                    settle = time.monotonic() + _SETTLE_S
+        for r, p in enumerate(procs):  # ranks that neither answered nor failed
+            if r not in got and r not in errors:
+                if p.is_alive():
+                    stuck.append(r)
+                else:
+                    errors[r] = f"exited with code {p.exitcode} without a result"
     finally:
-        _stop(procs, _GRACE_S if failure is None and len(got) == world_size else 0.0)
+        _stop(procs, _GRACE_S if len(got) == world_size else 0.0)
         results.close()
         results.join_thread()
-    if failure is not None:
-        raise RuntimeError(f"run_ranks({world_size} ranks, {backend}): {failure}")
+    if errors or stuck:
+        why = _failure_message(errors, stuck, timeout_s)
+        raise RuntimeError(f"run_ranks({world_size} ranks, {backend}): {why}")
     return [pickle.loads(got[r]) for r in range(world_size)]
