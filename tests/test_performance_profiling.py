@@ -16,7 +16,6 @@ from nemo_rl_theory.performance.profiling import (
     chrome_trace_regions,
     count_events_within,
     is_nested,
-    matmul_flops_per_second,
     profiler_regions,
     region_shares,
     trace_self_times,
@@ -110,20 +109,6 @@ def test_bad_arguments(tmp_path):
         chrome_trace_regions(not_trace, ["a"])
     with pytest.raises(TypeError, match="name"):
         count_events_within([], 3, Region("r", 0, 1))
-    with pytest.raises(ValueError, match="size"):
-        matmul_flops_per_second(0)
-    with pytest.raises(TypeError, match="dtype"):
-        matmul_flops_per_second(8, dtype=torch.int32)
-    with pytest.raises(ValueError, match="min_run_time"):
-        matmul_flops_per_second(8, min_run_time=0.0)
-
-
-def test_matmul_rate_is_positive_and_scales_with_the_work():
-    # Only a robust relative fact: a 4x larger matmul is not 100x slower per FLOP.
-    small = matmul_flops_per_second(32, min_run_time=0.02)
-    large = matmul_flops_per_second(128, min_run_time=0.02)
-    assert small > 0 and large > 0
-    assert large > small / 100
 
 
 def test_trace_self_times_match_key_averages(profiled):

@@ -1,4 +1,4 @@
-r"""Reading what :mod:`torch.profiler` recorded: labelled regions, their nesting and shares, and a measured matmul rate.
+r"""Reading what :mod:`torch.profiler` recorded: labelled regions, their nesting and shares.
 
 A region is a ``torch.profiler.record_function(label)`` block. The profiler keeps it as an event
 named ``label`` (``prof.events()``) and the Chrome trace (``prof.export_chrome_trace(path)``)
@@ -11,21 +11,16 @@ durations adding up) without reading times by eye.
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
-
-import torch
-import torch.utils.benchmark as benchmark
 
 __all__ = [
     "Region",
     "chrome_trace_regions",
     "count_events_within",
     "is_nested",
-    "matmul_flops_per_second",
     "profiler_regions",
     "region_shares",
     "trace_self_times",
@@ -196,31 +191,3 @@ def count_events_within(events: Iterable[Any], name: str, region: Region) -> int
         for e in events
         if e.name == name and is_nested(Region(name, float(e.time_range.start), float(e.time_range.end)), region)
     )
-
-
-def matmul_flops_per_second(size: int = 256, *, dtype: torch.dtype = torch.float32, min_run_time: float = 0.2) -> float:
-    r"""A measured matmul rate on this machine: :math:`2n^3` FLOPs over the median time of an ``n x n`` product.
-
-    Timed with :class:`torch.utils.benchmark.Timer` (``blocked_autorange``: warm-up, then blocks of
-    runs for at least ``min_run_time`` seconds) in the current thread settings. A stand-in for a
-    datasheet peak when computing MFU on a CPU; on a shared machine it varies from run to run.
-
-    Returns:
-        FLOP/s (float).
-    """
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"size must be a positive int, got {size!r}")
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
-    if isinstance(min_run_time, bool) or not isinstance(min_run_time, (int, float)):
-        raise TypeError(f"min_run_time must be a number of seconds, got {type(min_run_time).__name__}")
-    if not (math.isfinite(min_run_time) and min_run_time > 0):
-        raise ValueError(f"min_run_time must be a finite number > 0, got {min_run_time}")
-    generator = torch.Generator().manual_seed(0)
-    a = torch.randn(size, size, generator=generator).to(dtype)
-    b = torch.randn(size, size, generator=generator).to(dtype)
-    timer = benchmark.Timer(
-        stmt="torch.mm(a, b)", globals={"torch": torch, "a": a, "b": b}, num_threads=torch.get_num_threads()
-    )
-    seconds = timer.blocked_autorange(min_run_time=min_run_time).median
-    return 2.0 * size**3 / seconds
