@@ -49,6 +49,7 @@ nitpick_ignore_regex = [
     (r"py:.*", r"Literal.*"),
     (r"py:.*", r"collections\.abc\..*"),
     (r"py:.*", r"nn\..*"),
+    (r"py:.*", r"(numpy|np)\..*"),
     # private base classes (e.g. the schedules' shared _Schedule) are not part of the API
     (r"py:.*", r"nemo_rl_theory\..*\._\w+"),
 ]
