@@ -283,7 +283,10 @@ def test_sequence_weight_is_unbiased_and_token_weight_is_not():
         scale = {"global_valid_toks": float(n * t)} if cfg.token_level_loss else {"global_valid_seqs": float(n)}
         loss, _ = clipped_pg_loss(lp, None, reward, space.mask, config=cfg, generation_logprobs=mu_lp, **scale)
         (grads,) = torch.autograd.grad(-n * loss, per_response)
+        per_sample.append(grads.flatten(1))
         return estimator_moments(grads.flatten(1), seq_mu, g_star.flatten())
+
+    per_sample: list[torch.Tensor] = []
 
     scale = g_star.norm().item()
     seq_is = {"use_importance_sampling_correction": True, "sequence_level_importance_ratios": True}
@@ -296,6 +299,14 @@ def test_sequence_weight_is_unbiased_and_token_weight_is_not():
         truncated_importance_sampling_type="tis",
         truncated_importance_sampling_ratio=1.2,
     )
+    # closed-form rows, without autograd or the loss: R(y) sum_t w_t (e_{y_t} - pi(.|s_t)) / T
+    scores = exact.tabular_token_scores(table, space).flatten(2)
+    w_tok = torch.exp(exact.tabular_token_logprobs(table, space) - mu_lp)
+    w_seq = w_tok.prod(1, keepdim=True).expand(n, t)
+    weights = (w_seq, w_tok, torch.ones(n, t, dtype=torch.float64), w_seq.clamp(max=1.2))
+    for got, w in zip(per_sample, weights, strict=True):
+        expected = reward[:, None] * (w[..., None] * scores).sum(1) / t
+        assert torch.allclose(got, expected, rtol=1e-6, atol=1e-12)
     assert seq["bias"].item() < 1e-6 * scale
     assert tok["bias"].item() > 0.05 * scale and none["bias"].item() > 0.05 * scale
     assert capped["bias"].item() > 0.01 * scale and capped["variance"] < seq["variance"]

@@ -220,8 +220,11 @@ def mismatch_metrics(
         \end{aligned}
 
     for ``token_mult_prob_error``, ``gen_kl_error``, ``policy_kl_error`` and
-    ``js_divergence_error``. Under sampling from :math:`\pi_\text{gen}`, ``gen_kl_error`` (k3) is unbiased for
-    :math:`\mathrm{KL}(\pi_\text{gen}\,\|\,\pi_\text{train})` per token. NeMo RL 7ea279a,
+    ``js_divergence_error``. Under sampling from :math:`\pi_\text{gen}`, each token's k3 term has
+    conditional mean :math:`\mathrm{KL}(\pi_\text{gen}(\cdot|s_t)\,\|\,\pi_\text{train}(\cdot|s_t))`,
+    so for responses of a fixed length :math:`T` (``global_valid_toks`` = :math:`T` per response)
+    the expected ``gen_kl_error`` is the sequence
+    :math:`\mathrm{KL}(\pi_\text{gen}\,\|\,\pi_\text{train}) / T`. NeMo RL 7ea279a,
     ``nemo_rl/algorithms/loss/loss_functions.py`` (``ClippedPGLossFn.__call__``); the values
     equal those :func:`~nemo_rl_theory.losses.clipped_pg.clipped_pg_loss` reports.
 
