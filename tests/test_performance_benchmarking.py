@@ -308,3 +308,31 @@ def test_bad_timer_arguments() -> None:
         matmul_flops_per_second(8, dtype=torch.int64)
     with pytest.raises(ValueError, match="min_run_time"):
         matmul_flops_per_second(8, min_run_time=0.0)
+
+
+def test_undefined_bootstrap_interval_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A non-finite interval from scipy raises a ValueError naming the method, never a NaN ratio."""
+    import nemo_rl_theory.performance.benchmarking as bm
+
+    class _CI:
+        low, high = float("nan"), 1.0
+
+    class _Res:
+        confidence_interval = _CI()
+
+    monkeypatch.setattr(bm.stats, "bootstrap", lambda *args, **kwargs: _Res())
+    with pytest.raises(ValueError, match="BCa bootstrap interval is undefined"):
+        paired_speed_ratio([1.0, 2.0, 3.0], [1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="percentile"):
+        unpaired_speed_ratio([1.0, 2.0, 3.0], [1.0, 1.5, 1.0], method="percentile")
+
+
+def test_bad_counts_and_step_times() -> None:
+    with pytest.raises(ValueError, match="repeats"):
+        call_times(lambda: None, True)
+    with pytest.raises(ValueError, match="number"):
+        interleaved_times(lambda: None, lambda: None, 2, number=1.5)
+    with pytest.raises(ValueError, match="step_times"):
+        throughput([0.1, -0.2], 10)
+    with pytest.raises(TypeError, match="step_times"):
+        throughput("fast", 10)

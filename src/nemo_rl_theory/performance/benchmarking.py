@@ -375,8 +375,12 @@ def throughput(step_times: Sequence[float] | np.ndarray | Tensor, tokens_per_ste
     Args:
         step_times: ``[n]`` seconds per step, ``n >= 1`` (warm-up steps already dropped).
         tokens_per_step: tokens per step (> 0), e.g. the non-padding tokens of the batch.
+
+    Raises:
+        ValueError: ``step_times`` empty, not 1-D, non-finite or not positive;
+            ``tokens_per_step`` not > 0. TypeError: non-numeric input.
     """
-    m = measurement(step_times, label="step")
+    m = measurement(_times("step_times", step_times, minimum=1), label="step")
     require_number("tokens_per_step", tokens_per_step, low=0.0, low_inclusive=False)
     return Throughput(float(m.median), float(m.iqr), float(tokens_per_step), float(tokens_per_step) / m.median)
 
