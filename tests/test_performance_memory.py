@@ -263,3 +263,65 @@ def test_mask_and_ids_against_brute_force(lengths):
 def test_packing_bad_arguments(lengths, capacity, exc, match):
     with pytest.raises(exc, match=match):
         pack_sequences(lengths, capacity)
+
+
+# ----------------------------------------------------------------- one rank's share under TP + SP
+
+
+class _GatheredLinear(torch.autograd.Function):
+    # all_gather over the sequence (other ranks' shards simulated by copies), then the linear;
+    # saves the shard, not the gathered input, and gathers again in backward.
+    @staticmethod
+    def forward(ctx, x, weight, bias, t):
+        ctx.save_for_backward(x, weight)
+        ctx.t = t
+        return F.linear(x.repeat(1, t, 1), weight, bias)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, weight = ctx.saved_tensors
+        gx = (g @ weight).unflatten(1, (ctx.t, -1)).sum(1)
+        return gx, g.flatten(0, 1).T @ x.repeat(1, ctx.t, 1).flatten(0, 1), g.sum((0, 1)), None
+
+
+class _SPBlock(nn.Module):
+    # One tensor- and sequence-parallel rank: input [b, s/t, h], a/t heads, 1/t of each weight.
+    def __init__(self, h, a, t, selective=False):
+        super().__init__()
+        self.a, self.t, self.selective = a, t, selective
+        self.ln1, self.ln2 = nn.LayerNorm(h), nn.LayerNorm(h)
+        self.qkv, self.proj = nn.Linear(h, 3 * h // t), nn.Linear(h // t, h)
+        self.fc1, self.fc2 = nn.Linear(h, 4 * h // t), nn.Linear(4 * h // t, h)
+
+    def core(self, q, k, v):
+        return _dropout(torch.softmax((q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5, -1), 0.1) @ v
+
+    def forward(self, x):
+        b, n, h = x.shape
+        qkv = _GatheredLinear.apply(self.ln1(x), self.qkv.weight, self.qkv.bias, self.t)
+        s = qkv.shape[1]
+        q, k, v = qkv.view(b, s, 3, self.a // self.t, h // self.a).permute(2, 0, 3, 1, 4).contiguous().unbind(0)
+        o = checkpoint(self.core, q, k, v, use_reentrant=False) if self.selective else self.core(q, k, v)
+        x = x + _dropout(self.proj(o.transpose(1, 2).reshape(b, s, h // self.t))[:, :n], 0.1)  # reduce-scatter
+        y = self.fc2(F.gelu(_GatheredLinear.apply(self.ln2(x), self.fc1.weight, self.fc1.bias, self.t)))
+        return x + _dropout(y[:, :n], 0.1)
+
+
+def test_gathered_linear_gradcheck():
+    xwb = [torch.randn(*shape, dtype=torch.float64, requires_grad=True) for shape in ((2, 3, 4), (5, 4), (5,))]
+    assert torch.autograd.gradcheck(lambda x, w, b: _GatheredLinear.apply(x, w, b, 3), xwb)
+
+
+@pytest.mark.parametrize("t", [2, 4])
+@pytest.mark.parametrize("recompute", ["none", "selective", "full"])
+def test_sequence_parallel_rank_share_equals_the_formula(t, recompute):
+    # Includes this library's reading of full recomputation under SP: the stored input is the shard.
+    s, b, h, a = 16, 2, 32, 4
+    torch.manual_seed(0)
+    block = _SPBlock(h, a, t, selective=recompute == "selective").to(torch.bfloat16)
+    x = torch.randn(b, s // t, h, dtype=torch.bfloat16, requires_grad=True)
+    with SavedTensorMeter(exclude=block.parameters()) as meter:
+        checkpoint(block, x, use_reentrant=False) if recompute == "full" else block(x)
+    formula = activation_bytes_per_layer(s, b, h, a, tensor_parallel=t, sequence_parallel=True, recompute=recompute)
+    stats = 0 if recompute == "full" else 4 * (s // t) * b * 2
+    assert meter.bytes == formula + stats
