@@ -127,7 +127,7 @@ def test_ring_volumes_against_simulation() -> None:
 def test_llama_param_counts() -> None:
     # published sizes: 8.03B and 70.6B
     assert LLAMA3_8B.num_params == 8_030_261_248
-    assert round(LLAMA3_70B.num_params / 1e9, 1) == 70.6
+    assert LLAMA3_70B.num_params == 70_553_706_496
     tiny = TransformerShape(2, 8, 2, 1, 12, 10, tied_embeddings=True)
     layer = torch.nn.ModuleDict(
         {
@@ -172,6 +172,39 @@ def test_plan_memory_hand_arithmetic() -> None:
     assert r.logits == pytest.approx(4 * 4096 * 128256 / 2 * 4)
     assert r.total == pytest.approx(r.weights + r.grads + r.optimizer + r.activations + r.logits)
     assert r.fits == (r.total <= 80e9)
+
+
+def test_default_logits_copies_is_the_measured_naive_route() -> None:
+    """k = 4 (naive log_softmax + gather on held logits) and 2 (token_logprobs), measured."""
+    from nemo_rl_theory.logprobs import token_logprobs
+    from nemo_rl_theory.performance.memory import LivePeakMeter
+
+    gen = torch.Generator().manual_seed(0)
+    targets = torch.randint(0, 512, (2, 16), generator=gen)
+    one = logits_bytes(2, 16, 512)
+    routes = {
+        "naive": lambda z: torch.log_softmax(z, -1).gather(-1, targets[..., None]).squeeze(-1),
+        "token": lambda z: token_logprobs(z, targets),
+    }
+    k = {}
+    for name, fn in routes.items():
+        logits = torch.randn(2, 16, 512, generator=gen).requires_grad_()  # held by the caller
+        with LivePeakMeter() as live:
+            fn(logits).sum().backward()
+        k[name] = (live.peak + one) / one
+    assert k["naive"] == pytest.approx(4.0, abs=0.01), k
+    assert k["token"] == pytest.approx(2.0, abs=0.01), k  # + [N]-sized pieces
+    # a caller that drops the logits before backward (NeMo RL's loop): 3 copies, before G exists
+    hid = torch.randn(2, 16, 8, generator=gen).requires_grad_()
+    w = torch.randn(512, 8, generator=gen).requires_grad_()
+    with LivePeakMeter() as live:
+        logits = hid @ w.T
+        lp = routes["naive"](logits)
+        del logits
+        lp.sum().backward()
+    assert live.peak / one == pytest.approx(3.0, abs=0.01)
+    r = plan_memory(LLAMA3_8B, ParallelPlan(), seq_len=256)
+    assert r.logits == pytest.approx(k["naive"] * logits_bytes(1, 256, LLAMA3_8B.vocab_size), rel=1e-3)
 
 
 def test_pipeline_activations_in_flight() -> None:
@@ -258,6 +291,12 @@ def test_generation_memory() -> None:
         (lambda: plan_memory(LLAMA3_8B, (1, 1), seq_len=1024), TypeError, "plan"),
         (lambda: plan_memory(LLAMA3_8B, ParallelPlan(), seq_len=1024, gpu_bytes=0), ValueError, "gpu_bytes"),
         (lambda: generation_memory(LLAMA3_8B, memory_utilization=1.5), ValueError, "memory_utilization"),
+        (lambda: generation_memory(LLAMA3_8B, memory_utilization=0), ValueError, "memory_utilization"),
+        (lambda: generation_memory(LLAMA3_8B, tensor_parallel=0), ValueError, "tensor_parallel"),
+        (lambda: plan_memory(LLAMA3_8B, ParallelPlan(), seq_len=8, logits_copies=-1.0), ValueError, "logits_copies"),
+        (lambda: plan_memory(LLAMA3_8B, ParallelPlan(), seq_len=8, logits_copies=math.inf), ValueError, "copies"),
+        (lambda: logits_bytes(1, 8, 10, tensor_parallel=0), ValueError, "tensor_parallel"),
+        (lambda: kv_cache_bytes_per_token(2, 8, 4, tensor_parallel=0), ValueError, "tensor_parallel"),
         (lambda: kv_cache_bytes(LLAMA3_8B, -1), ValueError, "num_tokens"),
         (lambda: enumerate_plans(LLAMA3_8B, 0, seq_len=8), ValueError, "num_gpus"),
     ],

@@ -522,7 +522,14 @@ def plan_memory(
     (``nemo_rl_theory.performance.memory.activation_bytes_per_layer`` with the plan's
     ``tensor``, ``sequence_parallel`` and ``recompute``), :math:`\min(p, m)` the micro-batches a
     1F1B schedule keeps in flight on the first stage, :math:`k` = ``logits_copies`` copies of
-    the logits at the log-prob step's peak. The model states are split evenly over :math:`t\,p`
+    the logits at the log-prob step's peak beyond the head's gradients (those are counted in the
+    states and activations). The default :math:`k = 4` is the naive ``log_softmax`` + ``gather``
+    route on logits the caller holds (logits, log-softmax output, gather gradient, logits
+    gradient), an upper bound; :math:`k = 3` when the caller drops its logits before backward,
+    as NeMo RL's DTensor training loop does; ``token_logprobs`` has :math:`k = 2` and
+    ``linear_token_logprobs`` one block plus :math:`[N, H]` pieces (measured on the
+    memory-optimization pages). The states are sharded over the :math:`d\,c` ranks, as FSDP2 is
+    in NeMo RL's DTensor path (its mesh ``("dp_shard", "cp")``). The model states are split evenly over :math:`t\,p`
     (embeddings and norms included: an approximation, exact to within the replicated norms).
     The activation formula is the paper's GPT layer (:math:`4h` MLP, multi-head attention); for a
     SwiGLU/GQA layer it is an estimate.
@@ -576,8 +583,10 @@ def generation_memory(
 ) -> tuple[float, int]:
     r"""Weights per GPU and how many tokens of KV cache fit in the rest, for a generation engine.
 
-    vLLM claims ``memory_utilization`` (NeMo RL's ``generation.vllm_cfg.gpu_memory_utilization``)
-    of the GPU; after the TP-sharded weights :math:`\Psi b_w / t` the rest holds the cache:
+    vLLM's instance may use ``memory_utilization`` :math:`u` of the GPU's memory :math:`M`
+    (vLLM's ``CacheConfig.gpu_memory_utilization``, NeMo RL's
+    ``policy.generation.vllm_cfg.gpu_memory_utilization``); after the TP-sharded weights
+    :math:`\Psi b_w / t` the rest holds the cache (Kwon et al. 2023):
 
     .. math::
 
@@ -585,7 +594,8 @@ def generation_memory(
         n_{tok} &= \Big\lfloor \frac{u\,M - \Psi b_w/t}{\text{KV bytes/token}} \Big\rfloor
         \end{aligned}
 
-    (activations and CUDA graphs, a few GB, are ignored). Returns ``(weight_bytes_per_gpu,
+    (the profiled activations and CUDA graphs, a few GB, are ignored, so this is an upper
+    bound). Returns ``(weight_bytes_per_gpu,
     max_tokens)``; ``max_tokens`` is 0 when the weights alone do not fit.
     """
     if not isinstance(shape, TransformerShape):
