@@ -26,7 +26,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from nemo_rl_theory.performance.parallelism import pipeline_bubble_fraction, ring_bytes_per_rank
+from nemo_rl_theory.performance.parallelism import ring_bytes_per_rank
 
 __all__ = [
     "FP32_ADAM",
@@ -48,11 +48,8 @@ __all__ = [
     "logits_bytes",
     "model_state_bytes",
     "model_state_bytes_per_param",
-    "pipeline_bubble",
     "pipeline_p2p_bytes",
     "plan_memory",
-    "ring_allgather_bytes",
-    "ring_allreduce_bytes",
     "tensor_parallel_comm_bytes",
 ]
 
@@ -220,27 +217,6 @@ def fsdp_shard_numel(shape: Sequence[int], world_size: int, rank: int) -> int:
 # --------------------------------------------------------------------------------------------
 # communication per step
 # --------------------------------------------------------------------------------------------
-def ring_allreduce_bytes(size_bytes: float, world_size: int) -> float:
-    r"""Bytes each rank sends in a ring all-reduce of ``size_bytes``: :math:`2\frac{N-1}{N} S`.
-
-    A reduce-scatter and an all-gather, each :math:`\frac{N-1}{N} S` (Patarasuk & Yuan 2009);
-    ``nemo_rl_theory.performance.parallelism.ring_bytes_per_rank`` with ``"all_reduce"``.
-    """
-    s = _num("size_bytes", size_bytes)
-    n = _int("world_size", world_size)
-    return ring_bytes_per_rank("all_reduce", s, n)
-
-
-def ring_allgather_bytes(size_bytes: float, world_size: int) -> float:
-    r"""Bytes each rank sends in a ring all-gather (or reduce-scatter) of full size ``size_bytes``.
-
-    :math:`\frac{N-1}{N} S`: each rank forwards the :math:`N - 1` shards of size :math:`S/N` it lacks.
-    """
-    s = _num("size_bytes", size_bytes)
-    n = _int("world_size", world_size)
-    return ring_bytes_per_rank("all_gather", s, n)
-
-
 def data_parallel_comm_bytes(num_params: int, data_parallel: int, grad_bytes: int = 2) -> float:
     r"""Bytes each data-parallel rank sends per optimizer step: one all-reduce of the gradients.
 
@@ -253,7 +229,7 @@ def data_parallel_comm_bytes(num_params: int, data_parallel: int, grad_bytes: in
     """
     p = _int("num_params", num_params, low=0)
     n = _int("data_parallel", data_parallel)
-    return ring_allreduce_bytes(p * _int("grad_bytes", grad_bytes), n)
+    return ring_bytes_per_rank("all_reduce", p * _int("grad_bytes", grad_bytes), n)
 
 
 def fsdp_comm_bytes(num_params: int, data_parallel: int, param_bytes: int = 2, grad_bytes: int = 2) -> float:
@@ -274,7 +250,7 @@ def fsdp_comm_bytes(num_params: int, data_parallel: int, param_bytes: int = 2, g
     bp = _int("param_bytes", param_bytes)
     bg = _int("grad_bytes", grad_bytes)
     n = _int("data_parallel", data_parallel)
-    return 2 * ring_allgather_bytes(p * bp, n) + ring_allgather_bytes(p * bg, n)
+    return 2 * ring_bytes_per_rank("all_gather", p * bp, n) + ring_bytes_per_rank("all_gather", p * bg, n)
 
 
 def tensor_parallel_comm_bytes(
@@ -302,7 +278,7 @@ def tensor_parallel_comm_bytes(
         * _int("bytes_per_value", bytes_per_value)
     )
     t = _int("tensor_parallel", tensor_parallel)
-    return 4 * _int("num_layers", num_layers, low=0) * ring_allreduce_bytes(size, t)
+    return 4 * _int("num_layers", num_layers, low=0) * ring_bytes_per_rank("all_reduce", size, t)
 
 
 def pipeline_p2p_bytes(micro_batch: int, seq_len: int, hidden: int, bytes_per_value: int = 2) -> int:
@@ -318,13 +294,6 @@ def pipeline_p2p_bytes(micro_batch: int, seq_len: int, hidden: int, bytes_per_va
         * _int("hidden", hidden)
         * _int("bytes_per_value", bytes_per_value)
     )
-
-
-def pipeline_bubble(pipeline: int, num_microbatches: int) -> float:
-    r"""Idle fraction of a 1F1B (or GPipe) pipeline: :math:`\frac{p-1}{m+p-1}` (Narayanan et al. 2021 §2.2)."""
-    p = _int("pipeline", pipeline)
-    m = _int("num_microbatches", num_microbatches)
-    return pipeline_bubble_fraction(p, m)
 
 
 # --------------------------------------------------------------------------------------------
