@@ -162,3 +162,25 @@ def test_bad_arguments_are_named(call, error, match):
 def test_collectives_and_schedules_are_listed():
     assert COLLECTIVES == ("all_reduce", "reduce_scatter", "all_gather")
     assert SCHEDULES == ("gpipe", "1f1b")
+
+
+@pytest.mark.parametrize(("schedule", "torch_name"), [("gpipe", "GPipe"), ("1f1b", "1F1B")])
+def test_stage_orders_are_torch_pipelining_orders(schedule, torch_name):
+    """The per-stage order of slots equals torch.distributed.pipelining's schedule IR (an independent
+    implementation). torch 2.13's 1F1B IR numbers the last stage's forwards from 1 instead of 0
+    (its runtime, ``Schedule1F1B._step_microbatches``, starts at 0), so where the IR's last stage
+    starts with forward 1 its forward indices are shifted back by one."""
+    # A private module: skip, rather than fail, on torch versions that lack or move it.
+    get_schedule_ops = pytest.importorskip("torch.distributed.pipelining._schedule_visualizer").get_schedule_ops
+
+    for p in range(1, 6):
+        for m in range(p, 9):  # torch's 1F1B needs m >= p
+            ops = get_schedule_ops(torch_name, p, m)
+            tl = simulate_pipeline(p, m, schedule)
+            kinds = {"FORWARD": "F", "FULL_BACKWARD": "B"}  # REDUCE_GRAD and idle steps dropped
+            for s, row in enumerate(ops):
+                named = [(a.computation_type.name, a.microbatch_index) for a in row if a is not None]
+                theirs = [(kinds[k], i) for k, i in named if k in kinds]
+                if s == p - 1 and theirs[0] == ("F", 1):
+                    theirs = [(k, i - 1 if k == "F" else i) for k, i in theirs]
+                assert [(slot.kind, slot.micro_batch) for slot in tl.slots[s]] == theirs, (p, m, s)
