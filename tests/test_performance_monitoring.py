@@ -1,9 +1,12 @@
 """Control charts and run monitoring: CUSUM against a plain loop and Page's max-of-partial-sums form,
 EWMA against its explicit weighted sum and closed-form limits, CUSUM run lengths (Markov chain,
-Siegmund, textbook table, simulation), TensorBoard write/read round trip, bad inputs."""
+Siegmund, textbook table, simulation), EWMA run lengths (Lucas-Saccucci chain against the
+Shewhart closed form, the textbook table and simulation), the toy learning-rate fault over 20
+seeds, TensorBoard write/read round trip, bad inputs."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -19,6 +22,7 @@ from nemo_rl_theory.performance.monitoring import (
     cusum_arl_markov,
     cusum_arl_siegmund,
     ewma,
+    ewma_arl_markov,
     ewma_half_width,
     first_alarm,
     read_scalars,
@@ -186,6 +190,95 @@ def test_simulated_run_length_matches_markov(shift, side, horizon):
     assert abs(run_length.mean() - theory) < 4 * run_length.std(ddof=1) / math.sqrt(len(run_length))
 
 
+@pytest.mark.parametrize("shift", [0.0, 0.5, 1.0, 3.0])
+@pytest.mark.parametrize("L", [1.5, 3.0])
+def test_ewma_markov_lambda_one_is_shewhart(shift, L):
+    """lam = 1: z_t = x_t, so the run length is geometric with P(|X| > L), X ~ N(shift, 1)."""
+    p_in = norm.cdf(L - shift) - norm.cdf(-L - shift)
+    assert ewma_arl_markov(lam=1.0, L=L, shift=shift, states=51) == pytest.approx(1 / (1 - p_in), rel=1e-10)
+
+
+@pytest.mark.parametrize(
+    ("lam", "L", "arl0", "arl_half"),
+    [
+        (0.05, 2.615, 500, 28.8),
+        (0.10, 2.814, 500, 31.3),
+        (0.20, 2.962, 500, 41.8),
+        (0.25, 2.998, 500, 48.2),
+        (0.40, 3.054, 500, 71.2),
+    ],
+)
+def test_ewma_markov_matches_lucas_saccucci_table(lam, L, arl0, arl_half):
+    """Lucas and Saccucci (1990), as tabulated by Montgomery, ch. 9: ARL 500 designs, shift 0 and 0.5."""
+    assert ewma_arl_markov(lam=lam, L=L, states=401) == pytest.approx(arl0, rel=0.01)
+    assert ewma_arl_markov(lam=lam, L=L, shift=0.5, states=401) == pytest.approx(arl_half, rel=0.01)
+
+
+def test_ewma_markov_converges_and_is_symmetric():
+    for shift in (0.0, 0.7):
+        fine, coarse = (ewma_arl_markov(lam=0.15, L=2.5, shift=shift, states=m) for m in (401, 201))
+        assert abs(fine - coarse) < 1e-3 * fine
+        assert ewma_arl_markov(lam=0.15, L=2.5, shift=-shift) == pytest.approx(
+            ewma_arl_markov(lam=0.15, L=2.5, shift=shift), rel=1e-9
+        )
+    # a larger shift is caught sooner, wider limits alarm later
+    arls = [ewma_arl_markov(lam=0.2, L=2.5, shift=d) for d in (0.0, 0.5, 1.0, 2.0)]
+    assert all(a > b for a, b in itertools.pairwise(arls))
+    assert ewma_arl_markov(lam=0.2, L=3.0) > ewma_arl_markov(lam=0.2, L=2.5)
+
+
+@pytest.mark.parametrize(("lam", "L", "shift", "horizon"), [(0.25, 2.0, 0.0, 900), (0.05, 2.5, 0.75, 300)])
+def test_simulated_ewma_run_length_matches_markov(lam, L, shift, horizon):
+    rng = np.random.default_rng(4)
+    noise = shift + rng.standard_normal((2000, horizon))
+    asym = ewma(noise, lam=lam, L=L, exact=False).first_alarm
+    assert (asym >= 0).all()
+    run_length = asym + 1
+    theory = ewma_arl_markov(lam=lam, L=L, shift=shift)
+    assert abs(run_length.mean() - theory) < 4 * run_length.std(ddof=1) / math.sqrt(len(run_length))
+    exact = ewma(noise, lam=lam, L=L).first_alarm  # narrower limits at every step: never later
+    assert ((exact >= 0) & (exact <= asym)).all()
+
+
+def test_toy_lr_fault_detected_without_false_alarm():
+    """The Performance Monitoring page's requirement (x50 learning rate from step 12, mu0 and sigma
+    from 10 warm-up steps) on seeds 0-19; the page asserts it, with a 0.8 margin, on seeds 0-3."""
+    from nemo_rl_theory.toy import Task, make_policy, sft_policy, train_grpo
+
+    fault, warm, steps = 12, 10, 16
+    task = Task("reverse", 4)
+    start = sft_policy(task)
+    with torch.random.fork_rng(devices=[]):
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            for seed in range(20):
+                policy = make_policy(0)
+                policy.load_state_dict(start.state_dict())
+                history = train_grpo(
+                    policy,
+                    task,
+                    steps=steps,
+                    prompts_per_step=8,
+                    group_size=8,
+                    lr=3e-3,
+                    seed=seed,
+                    lr_schedule=lambda step: 50.0 if step >= fault else 1.0,
+                )
+                for key, transform, side in (("pass_rate", np.asarray, "lower"), ("grad_norm", np.log, "both")):
+                    x = transform(np.array(history[key]))
+                    mu0, sd = x[:warm].mean(), x[:warm].std(ddof=1)
+                    charts = (
+                        cusum(x, target=mu0, sigma=sd, k=0.5, h=5.0, side=side),
+                        ewma(x, target=mu0, sigma=sd, lam=0.2, L=3.0, side=side),
+                    )
+                    for chart in charts:
+                        assert fault < chart.first_alarm <= fault + 3, (seed, key, chart.first_alarm)
+                assert min(history["zero_advantage_fraction"][fault + 2 :]) == 1.0
+        finally:
+            torch.set_num_threads(threads)
+
+
 # ----------------------------------------------------------------------------- TensorBoard
 
 
@@ -268,6 +361,19 @@ def test_other_bad_inputs(tmp_path):
         ewma_half_width(True)
     with pytest.raises(ValueError, match="states"):
         cusum_arl_markov(states=1)
+    for bad in (2, 1, 200, True, 201.0):
+        with pytest.raises(ValueError, match="odd int"):
+            ewma_arl_markov(states=bad)
+    with pytest.raises(ValueError, match="lam"):
+        ewma_arl_markov(lam=0.0)
+    with pytest.raises(ValueError, match="lam"):
+        ewma_arl_markov(lam=1.5)
+    with pytest.raises(ValueError, match="L must"):
+        ewma_arl_markov(L=0.0)
+    with pytest.raises(ValueError, match="shift"):
+        ewma_arl_markov(shift=math.nan)
+    with pytest.raises(TypeError, match="shift"):
+        ewma_arl_markov(shift="1")
     with pytest.raises(ValueError, match="h must"):
         cusum_arl_markov(h=0.0)
     with pytest.raises(ValueError, match="side"):

@@ -14,6 +14,8 @@ persistent* change (a level shift) that a per-step z-score misses.
   approximation (as given in Montgomery, *Introduction to Statistical Quality Control*, 8th ed.,
   chapter 9) and
   from Brook and Evans' (1972) Markov chain.
+* :func:`ewma_arl_markov`: the ARL of a two-sided EWMA chart with asymptotic limits on normal
+  data, from Lucas and Saccucci's (1990) Markov chain.
 * :func:`write_scalars` / :func:`read_scalars`: write a run's metrics with
   ``torch.utils.tensorboard.SummaryWriter`` (as NeMo RL's ``TensorboardLogger`` does: tag
   ``prefix/name``, one ``add_scalar`` per value) and read them back with TensorBoard's
@@ -47,6 +49,7 @@ __all__ = [
     "cusum_arl_markov",
     "cusum_arl_siegmund",
     "ewma",
+    "ewma_arl_markov",
     "ewma_half_width",
     "first_alarm",
     "read_scalars",
@@ -375,6 +378,55 @@ def cusum_arl_markov(
     if chosen == "lower":
         return lo
     return 1.0 / (1.0 / up + 1.0 / lo)
+
+
+def ewma_arl_markov(*, lam: float = 0.2, L: float = 3.0, shift: float = 0.0, states: int = 201) -> float:
+    r"""ARL of the two-sided :func:`ewma` chart with ``exact=False`` (Lucas and Saccucci's Markov chain).
+
+    In units of :math:`\sigma` with :math:`\mu_0 = 0`, the chart alarms when :math:`|z_t| > u`,
+    :math:`u = L\sqrt{\lambda/(2-\lambda)}`. :math:`[-u, u]` is cut into :math:`m` (odd) cells
+    of width :math:`w = 2u/m` centred at :math:`c_i`; from cell :math:`i`,
+    :math:`z' = (1-\lambda)c_i + \lambda X` with :math:`X \sim N(\delta, 1)`, so
+
+    .. math::
+
+        \begin{aligned}
+        p_{ij} &= \Phi\big(\tfrac{c_j + w/2 - (1-\lambda)c_i}{\lambda} - \delta\big) \\
+        &\quad - \Phi\big(\tfrac{c_j - w/2 - (1-\lambda)c_i}{\lambda} - \delta\big)
+        \end{aligned}
+
+    and the ARL from :math:`z_0 = \mu_0` is the centre entry of :math:`(I - R)^{-1}\mathbf 1`,
+    :math:`R = (p_{ij})`. With :math:`\lambda = 1` it is exactly :math:`1/P(|X| > L)`. The
+    default exact (time-varying) limits alarm more often in the first :math:`\sim 1/\lambda`
+    steps, so their ARL is somewhat shorter; one-sided charts are not covered (:func:`ewma` has no
+    reflecting barrier, so the chain would need an arbitrary lower truncation).
+
+    Args:
+        lam: :math:`\lambda \in (0, 1]`.
+        L: limit width :math:`L > 0` in asymptotic standard deviations of :math:`z_t`.
+        shift: :math:`\delta`, the mean shift in units of :math:`\sigma`.
+        states: :math:`m`, an odd int >= 3 (the error shrinks as :math:`m` grows).
+
+    Raises:
+        TypeError, ValueError: ``lam`` outside :math:`(0, 1]`, ``L <= 0``, a non-finite ``shift``
+        or ``states`` not an odd int >= 3.
+    """
+    require_number("lam", lam, low=0.0, high=1.0, low_inclusive=False)
+    ll = _positive("L", L)
+    require_number("shift", shift)
+    if isinstance(states, bool) or not isinstance(states, int) or states < 3 or states % 2 == 0:
+        raise ValueError(f"states must be an odd int >= 3 (a centre cell for z_0 = mu_0), got {states!r}")
+    lam_f, delta = float(lam), float(shift)
+    u = ll * math.sqrt(lam_f / (2.0 - lam_f))
+    w = 2.0 * u / states
+    centres = -u + w * (np.arange(states) + 0.5)
+    start = (1.0 - lam_f) * centres[:, None]
+    cdf_hi = ndtr((centres[None, :] + w / 2.0 - start) / lam_f - delta)
+    cdf_lo = ndtr((centres[None, :] - w / 2.0 - start) / lam_f - delta)
+    transition = torch.from_numpy(cdf_hi - cdf_lo)
+    eye = torch.eye(states, dtype=torch.float64)
+    arl = torch.linalg.solve(eye - transition, torch.ones(states, dtype=torch.float64))
+    return float(arl[states // 2])
 
 
 # ----------------------------------------------------------------------------- TensorBoard
