@@ -39,6 +39,12 @@ def bench(session: nox.Session) -> None:
     session.run(PYTHON, "benchmarks/bench_token_logprobs.py", *session.posargs)
 
 
+@nox.session(name="bench-linear")
+def bench_linear(session: nox.Session) -> None:
+    """Benchmark ``linear_token_logprobs`` against building the logits (args go to the script)."""
+    session.run(PYTHON, "benchmarks/bench_linear_token_logprobs.py", *session.posargs)
+
+
 @nox.session(name="bench-toy")
 def bench_toy(session: nox.Session) -> None:
     """Time the toy policy's sampler and training loops (args go to the script)."""

@@ -21,9 +21,7 @@ from nemo_rl_theory.filters import (
     seq_mult_prob_error,
 )
 from nemo_rl_theory.kl import calculate_kl
-from nemo_rl_theory.logprobs import entropy_from_logits, token_logprobs
-# >>> block H1
-# <<< block H1
+from nemo_rl_theory.logprobs import entropy_from_logits, linear_token_logprobs, token_logprobs
 from nemo_rl_theory.losses import (
     DPO_LOSS_TYPES,
     ClippedPGConfig,
@@ -75,6 +73,7 @@ __all__ = [
     "gdpo_advantages",
     "grpo_advantages",
     "kto_loss",
+    "linear_token_logprobs",
     "masked_mean",
     "masked_var",
     "nll_loss",
@@ -95,6 +94,3 @@ __all__ = [
     "token_logprobs",
     "value_loss",
 ]
-
-# >>> all H1
-# <<< all H1

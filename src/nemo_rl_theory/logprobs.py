@@ -6,6 +6,10 @@ the gradient of the logits): about 3x the logits' memory at peak. With
 :math:`\log p(y) = z_y - \operatorname{logsumexp}(z)` only the ``[B, T]`` log-sum-exp
 needs saving; backward rebuilds the softmax chunk by chunk straight into the gradient
 buffer, so the peak stays near 2x the logits (the logits plus their gradient).
+
+:func:`linear_token_logprobs` starts one step earlier, from the last hidden state and the
+LM head: it never builds the logits at all, streaming them in ``[tokens, chunk]`` blocks in
+forward and rebuilding them in backward, so its extra memory is one block.
 """
 
 from __future__ import annotations
@@ -95,24 +99,29 @@ def _check_logits_targets(logits: object, targets: object, chunk_size: object) -
     targets = require_tensor("targets", targets)
     if logits.dim() < 2:
         raise ValueError(f"logits must have shape [B, T, V] (any leading dims), got {list(logits.shape)}")
+    vocab = logits.shape[-1]
+    _check_targets(targets, logits.shape[:-1], "logits without the vocab dim", vocab, "logits")
+    _check_chunk_size(chunk_size, "rows per chunk")
+    return logits, targets
+
+
+def _check_targets(targets: Tensor, shape: torch.Size, shape_note: str, vocab: int, vocab_owner: str) -> None:
     if targets.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
         raise TypeError(f"targets must be an integer tensor of token ids, got dtype {targets.dtype}")
-    if targets.shape != logits.shape[:-1]:
-        raise ValueError(
-            f"targets must have shape {list(logits.shape[:-1])} (logits without the vocab dim), "
-            f"got {list(targets.shape)}"
-        )
-    vocab = logits.shape[-1]
+    if targets.shape != shape:
+        raise ValueError(f"targets must have shape {list(shape)} ({shape_note}), got {list(targets.shape)}")
     if vocab == 0:
-        raise ValueError("logits must have a non-empty vocabulary dimension")
+        raise ValueError(f"{vocab_owner} must have a non-empty vocabulary dimension")
     if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= vocab):
         raise ValueError(
-            f"targets must be token ids in [0, {vocab}) (the vocabulary of logits), "
+            f"targets must be token ids in [0, {vocab}) (the vocabulary of {vocab_owner}), "
             f"got values in [{int(targets.min())}, {int(targets.max())}]"
         )
+
+
+def _check_chunk_size(chunk_size: object, meaning: str) -> None:
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive int (rows per chunk) or None, got {chunk_size!r}")
-    return logits, targets
+        raise ValueError(f"chunk_size must be a positive int ({meaning}) or None, got {chunk_size!r}")
 
 
 def token_logprobs(logits: Tensor, targets: Tensor, *, chunk_size: int | None = None) -> Tensor:
@@ -186,3 +195,213 @@ def entropy_from_logits(logits: Tensor) -> Tensor:
     # first keeps both 0 * -inf and its gradient out of the sum.
     finite_z = torch.where(torch.isfinite(z), z, 0.0)
     return lse - (p * finite_z).sum(dim=-1)
+
+
+# ----------------------------------------------------------------------------------------
+# Log-probs straight from the last hidden state: the logits are never built.
+# ----------------------------------------------------------------------------------------
+
+#: Vocabulary rows per block of :func:`linear_token_logprobs` when ``chunk_size`` is None.
+LINEAR_DEFAULT_VOCAB_CHUNK = 8192
+
+#: Elements of one ``[tokens, vocab]`` logits block: tokens per block = this // vocab rows.
+LINEAR_BLOCK_ELEMENTS = 1 << 23
+
+
+def _linear_block_shape(tokens: int, vocab: int, chunk_size: int | None) -> tuple[int, int]:
+    """``(token_rows, vocab_rows)`` of one logits block, each at least 1."""
+    vocab_rows = max(1, min(vocab, LINEAR_DEFAULT_VOCAB_CHUNK if chunk_size is None else chunk_size))
+    token_rows = max(1, min(tokens, LINEAR_BLOCK_ELEMENTS // vocab_rows))
+    return token_rows, vocab_rows
+
+
+def _logits_block(h: Tensor, weight: Tensor, bias: Tensor | None, v0: int, v1: int, buffer: Tensor) -> Tensor:
+    """``h @ weight[v0:v1].T (+ bias[v0:v1])`` written into the front of ``buffer``."""
+    out = buffer[: h.shape[0] * (v1 - v0)].view(h.shape[0], v1 - v0)
+    if bias is None:
+        return torch.mm(h, weight[v0:v1].T, out=out)
+    return torch.addmm(bias[v0:v1], h, weight[v0:v1].T, out=out)
+
+
+class _LinearTokenLogprobs(torch.autograd.Function):
+    """``log softmax(hidden @ weight.T + bias)[target]`` for ``hidden[N, H]``, saving ``lse[N]``.
+
+    Forward streams a log-sum-exp over vocabulary blocks; backward rebuilds each block,
+    turns it in place into ``-g * softmax`` and feeds it to two matmuls. The one-hot part
+    of the gradient (``+g`` at the target) is added once, outside the blocks.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, token_rows: int, vocab_rows: int
+    ) -> Tensor:
+        tokens, vocab = hidden.shape[0], weight.shape[0]
+        lse = torch.empty(tokens, dtype=hidden.dtype, device=hidden.device)
+        target_logits = torch.empty_like(lse)
+        buffer = hidden.new_empty(min(tokens, token_rows) * min(vocab, vocab_rows))
+        for t0 in range(0, tokens, token_rows):
+            t1 = min(t0 + token_rows, tokens)
+            h = hidden[t0:t1]
+            # Running maximum m and sum s of exp(z - m) over the blocks seen so far.
+            run_max = torch.full((t1 - t0,), -float("inf"), dtype=hidden.dtype, device=hidden.device)
+            run_sum = torch.zeros_like(run_max)
+            for v0 in range(0, vocab, vocab_rows):
+                block = _logits_block(h, weight, bias, v0, min(v0 + vocab_rows, vocab), buffer)
+                new_max = torch.maximum(run_max, block.amax(dim=1))
+                run_sum.mul_(torch.exp(run_max - new_max))
+                run_sum.add_(block.sub_(new_max[:, None]).exp_().sum(dim=1))
+                run_max = new_max
+            lse[t0:t1] = run_max + run_sum.log()
+            rows_w = weight[targets[t0:t1]]
+            target_logits[t0:t1] = (h * rows_w).sum(dim=1)
+            if bias is not None:
+                target_logits[t0:t1] += bias[targets[t0:t1]]
+        bad = ~torch.isfinite(lse)
+        if bad.any():
+            first = int(bad.nonzero()[0, 0])
+            raise ValueError(
+                f"hidden @ weight.T overflows: the log-sum-exp of {int(bad.sum())} token(s) is not finite "
+                f"(first at flat token {first}); scale hidden or weight down"
+            )
+        ctx.save_for_backward(hidden, weight, bias, targets, lse)
+        ctx.block = (token_rows, vocab_rows)
+        return target_logits - lse
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        if torch.is_grad_enabled():  # backward(create_graph=True): the blocks are not differentiable
+            raise RuntimeError(
+                "linear_token_logprobs does not support double backward (create_graph=True); "
+                "build the logits and use token_logprobs for higher-order gradients"
+            )
+        hidden, weight, bias, targets, lse = ctx.saved_tensors
+        need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
+        token_rows, vocab_rows = ctx.block
+        tokens, vocab = hidden.shape[0], weight.shape[0]
+        g = grad_out.to(hidden.dtype).contiguous()
+        # One-hot part, d log p(y) / d z_v = 1[v = y] - p_v: +g at the target rows.
+        grad_hidden = g[:, None] * weight[targets] if need_hidden else None
+        grad_weight = None
+        if need_weight:
+            grad_weight = torch.empty(weight.shape, dtype=weight.dtype, device=weight.device)
+            if tokens == 0:
+                grad_weight.zero_()
+        grad_bias = torch.zeros(vocab, dtype=hidden.dtype, device=hidden.device) if need_bias else None
+        buffer = hidden.new_empty(min(tokens, token_rows) * min(vocab, vocab_rows))
+        for t0 in range(0, tokens, token_rows):
+            t1 = min(t0 + token_rows, tokens)
+            h, neg_g, lse_rows = hidden[t0:t1], -g[t0:t1, None], lse[t0:t1, None]
+            for v0 in range(0, vocab, vocab_rows):
+                v1 = min(v0 + vocab_rows, vocab)
+                # Softmax part, in place: block <- -g * exp(z - lse).
+                block = _logits_block(h, weight, bias, v0, v1, buffer).sub_(lse_rows).exp_().mul_(neg_g)
+                if grad_hidden is not None:
+                    grad_hidden[t0:t1].addmm_(block, weight[v0:v1])
+                if grad_weight is not None:
+                    if t0 == 0:
+                        torch.mm(block.T, h, out=grad_weight[v0:v1])
+                    else:
+                        grad_weight[v0:v1].addmm_(block.T, h)
+                if grad_bias is not None:
+                    grad_bias[v0:v1] += block.sum(dim=0)
+        if grad_weight is not None:
+            grad_weight.index_add_(0, targets, g[:, None] * hidden)
+        if grad_bias is not None:
+            grad_bias.index_add_(0, targets, g)
+        return grad_hidden, grad_weight, grad_bias, None, None, None
+
+
+def _require_finite(name: str, t: Tensor) -> None:
+    """Reject NaN/inf without a tensor-sized mask (``aminmax`` propagates NaN)."""
+    if t.numel() == 0:
+        return
+    low, high = torch.aminmax(t.detach())
+    if not (torch.isfinite(low) and torch.isfinite(high)):
+        bad = ~torch.isfinite(t.detach())
+        first = tuple(int(i) for i in bad.nonzero()[0])
+        raise ValueError(f"{name} has {int(bad.sum())} NaN/inf value(s), first at index {first}; fix the input")
+
+
+def linear_token_logprobs(
+    hidden: Tensor, weight: Tensor, targets: Tensor, *, bias: Tensor | None = None, chunk_size: int | None = None
+) -> Tensor:
+    r"""Log-probability of each target under ``hidden @ weight.T (+ bias)``, never building the logits.
+
+    With :math:`z_{t,v} = h_t \cdot w_v + b_v` (the LM head applied to the last hidden state),
+
+    .. math::
+
+        \begin{aligned}
+        \log p(y_t) &= z_{t,y_t} - \ell_t, \\
+        \ell_t &= \log\sum_{v} e^{z_{t,v}}, \\
+        \frac{\partial \log p(y_t)}{\partial z_{t,v}}
+        &= \mathbb 1[v = y_t] - e^{z_{t,v} - \ell_t}.
+        \end{aligned}
+
+    Same values and gradients (for ``hidden``, ``weight``, ``bias``) as
+    ``log_softmax(hidden @ weight.T + bias, -1).gather(-1, targets[..., None])[..., 0]``.
+    Forward walks ``[tokens, chunk_size]`` blocks of logits, keeping a running maximum and
+    sum per token (a streaming log-sum-exp), and saves only :math:`\ell` (``[B, T]``).
+    Backward rebuilds each block, turns it in place into :math:`-g\,p` (``g`` the incoming
+    gradient), and accumulates ``grad_hidden += block @ weight[chunk]`` and
+    ``grad_weight[chunk] += block.T @ hidden``; the one-hot term is added once.
+
+    Cost: with :math:`N = B T` tokens, four matmuls of :math:`2NVH` FLOPs each (forward,
+    the recomputed forward, two backward products), against the naive route's three, so
+    about 4/3 of its time at best; extra memory is one ``[token_rows, chunk_size]`` block
+    plus ``O(N H)``, not the naive route's several ``[N, V]`` tensors.
+
+    Args:
+        hidden: ``Tensor[B, T, H]`` (any leading dims), float32 or float64.
+        weight: ``Tensor[V, H]`` (the LM head / tied embedding), same dtype.
+        targets: ``Tensor[B, T]`` integer ids in ``[0, V)``; ``hidden[:, t]`` predicts
+            ``targets[:, t]`` (pass ``hidden[:, :-1]`` and ``input_ids[:, 1:]``).
+        bias: optional ``Tensor[V]``, same dtype.
+        chunk_size: vocabulary rows per block (default 8192, where CPU BLAS runs at full
+            speed); each block takes ``max(1, 2**23 // chunk_size)`` tokens (all of them
+            when fewer), so a default block holds at most 8M elements (32 MiB in float32).
+
+    Returns:
+        ``Tensor[B, T]`` log-probs in the input dtype. Double backward is not supported:
+        a backward with ``create_graph=True`` raises ``RuntimeError``.
+
+    Raises:
+        TypeError: a non-tensor, a non-float or mismatched dtype, or non-integer ``targets``.
+        ValueError: shape mismatch, ids outside ``[0, V)``, NaN/inf in ``hidden``,
+            ``weight`` or ``bias``, logits that overflow, or a bad ``chunk_size``.
+    """
+    hidden = require_float_tensor("hidden", hidden)
+    weight = require_float_tensor("weight", weight)
+    targets = require_tensor("targets", targets)
+    if hidden.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"hidden must be float32 or float64 (cast half precision first), got dtype {hidden.dtype}")
+    if weight.dtype != hidden.dtype:
+        raise TypeError(f"weight must have hidden's dtype {hidden.dtype}, got {weight.dtype}")
+    if hidden.dim() < 2:
+        raise ValueError(f"hidden must have shape [B, T, H] (any leading dims), got {list(hidden.shape)}")
+    if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
+        raise ValueError(
+            f"weight must have shape [V, H] with H = {hidden.shape[-1]} (hidden's last dim), got {list(weight.shape)}"
+        )
+    vocab = weight.shape[0]
+    if vocab == 0:
+        raise ValueError("weight must have a non-empty vocabulary dimension (V = weight.shape[0] > 0)")
+    if bias is not None:
+        bias = require_float_tensor("bias", bias)
+        if bias.dtype != hidden.dtype:
+            raise TypeError(f"bias must have hidden's dtype {hidden.dtype}, got {bias.dtype}")
+        if bias.shape != (vocab,):
+            raise ValueError(f"bias must have shape [V] = [{vocab}] (weight's rows), got {list(bias.shape)}")
+    for name, t in (("weight", weight), ("bias", bias), ("targets", targets)):
+        if t is not None and t.device != hidden.device:
+            raise ValueError(f"{name} must be on hidden's device {hidden.device}, got {t.device}")
+    _check_targets(targets, hidden.shape[:-1], "hidden without the hidden dim", vocab, "weight")
+    _check_chunk_size(chunk_size, "vocabulary rows per block")
+    _require_finite("hidden", hidden)
+    _require_finite("weight", weight)
+    if bias is not None:
+        _require_finite("bias", bias)
+    flat_hidden = hidden.reshape(-1, hidden.shape[-1]).contiguous()
+    token_rows, vocab_rows = _linear_block_shape(flat_hidden.shape[0], vocab, chunk_size)
+    out = _LinearTokenLogprobs.apply(flat_hidden, weight, bias, targets.reshape(-1).long(), token_rows, vocab_rows)
+    return out.reshape(hidden.shape[:-1])
