@@ -180,3 +180,14 @@ def test_training_is_three_times_forward(n, layers, t, d):
     for causal in (False, True):
         fwd = transformer_flops_per_token(n, layers, t, d, causal=causal)
         assert transformer_flops_per_token(n, layers, t, d, training=True, causal=causal) == 3 * fwd
+
+
+def test_counter_misses_in_place_products_but_counts_out_forms():
+    """Pins the torch behaviour the docstring and the profiling page state (torch 2.13)."""
+    x, w, acc = torch.randn(8, 16), torch.randn(16, 4), torch.zeros(8, 4)
+    expected = 2 * 8 * 16 * 4
+    assert count_flops(torch.mm, x, w) == expected
+    assert count_flops(lambda: torch.mm(x, w, out=acc)) == expected
+    assert count_flops(lambda: torch.addmm(acc, x, w, out=torch.empty(8, 4))) == expected
+    assert count_flops(lambda: acc.addmm_(x, w)) == 0
+    assert count_flops(lambda: acc[None].clone().baddbmm_(x[None], w[None])) == 0

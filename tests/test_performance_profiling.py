@@ -63,6 +63,22 @@ def test_event_counts_within_regions(profiled):
     assert count_events_within(prof.events(), "aten::tanh", regions["second"][0]) == 0
 
 
+def test_event_counts_from_the_chrome_trace_match_the_profiler(profiled):
+    prof, path = profiled
+    labels = chrome_trace_regions(path, LABELS)
+    ops = chrome_trace_regions(path, ["aten::mm", "aten::tanh"], category=None)
+    events = [r for rs in ops.values() for r in rs]
+    from_events = profiler_regions(prof.events(), LABELS)
+    for label in LABELS:
+        for op in ("aten::mm", "aten::tanh"):
+            assert count_events_within(events, op, labels[label][0]) == count_events_within(
+                prof.events(), op, from_events[label][0]
+            )
+    assert count_events_within(events, "aten::mm", labels["first"][0]) == 3
+    with pytest.raises(TypeError, match="region must be a Region"):
+        count_events_within(events, "aten::mm", (0.0, 1.0))
+
+
 def test_missing_label_maps_to_empty(profiled):
     prof, path = profiled
     assert profiler_regions(prof.events(), ["never"]) == {"never": []}

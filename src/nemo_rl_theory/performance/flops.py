@@ -16,13 +16,20 @@ where :math:`N` counts the parameters that multiply an activation (every ``Linea
 the un-embedding / LM head included). **Excluded**: the input-embedding lookup (a gather: no
 multiply, so its :math:`V d` parameters cost nothing), biases, norms, activations, softmax,
 residual adds and the optimizer update: they are :math:`O(d)` per token, not :math:`O(d^2)`.
+The papers differ on the vocabulary: Kaplan et al.'s non-embedding :math:`N` leaves out the
+LM head as well, Hoffmann et al. (App. F) count the embedding (as a one-hot product) and the
+final logits; the convention here, the head in :math:`N` and the lookup out, is what
+``FlopCounterMode`` counts for a model with an ``nn.Embedding`` and an ``nn.Linear`` head.
 The attention scores and their weighted sum are matrix products without parameters; they are
 :func:`attention_flops_per_token`.
 
 :func:`count_flops` and :func:`flop_breakdown` run a callable under
 :class:`torch.utils.flop_counter.FlopCounterMode` (torch's own counter: it counts ``mm``,
 ``addmm``, ``bmm``, ``baddbmm``, convolutions and the fused attention kernels it knows, with the
-same ``2 m k n`` convention; ``addmm``'s bias add is not counted).
+same ``2 m k n`` convention; ``addmm``'s bias add is not counted). In torch 2.13 it looks
+operators up by name: ``mm``/``addmm`` and their ``out=`` forms are counted, the in-place
+``addmm_``/``baddbmm_`` are not (count 0), and the fused attention kernels are counted as
+dense (no causal discount) with the scores recomputed in backward.
 """
 
 from __future__ import annotations
@@ -197,7 +204,8 @@ def count_flops(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> int:
 
     Everything ``fn`` does is counted, so put a ``loss.backward()`` inside it to count training.
     Ops the counter has no formula for (element-wise ops, norms, softmax, and in torch 2.13 the
-    CPU kernel of ``scaled_dot_product_attention``) count 0.
+    CPU kernel of ``scaled_dot_product_attention`` and the in-place ``addmm_`` / ``baddbmm_``)
+    count 0, so a product accumulated in place is missed.
 
     Returns:
         FLOPs (int).

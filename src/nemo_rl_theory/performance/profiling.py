@@ -183,11 +183,22 @@ def region_shares(parent: Region, children: Sequence[Region]) -> dict[str, float
 
 
 def count_events_within(events: Iterable[Any], name: str, region: Region) -> int:
-    """How many profiler events called ``name`` start and end inside ``region``."""
+    """How many events called ``name`` start and end inside ``region``.
+
+    ``events`` are profiler events (``prof.events()``: ``name`` and ``time_range`` in
+    microseconds) or :class:`Region` objects, e.g. the values of :func:`chrome_trace_regions`
+    with ``category=None``. Reading the trace file is much cheaper than ``prof.events()`` for a
+    long recording: torch writes the file from C++, whereas ``prof.events()`` builds one Python
+    object per event.
+    """
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, got {type(name).__name__}")
-    return sum(
-        1
-        for e in events
-        if e.name == name and is_nested(Region(name, float(e.time_range.start), float(e.time_range.end)), region)
-    )
+    if not isinstance(region, Region):
+        raise TypeError(f"region must be a Region, got {type(region).__name__}")
+
+    def interval(e: Any) -> Region:
+        if isinstance(e, Region):
+            return e
+        return Region(e.name, float(e.time_range.start), float(e.time_range.end))
+
+    return sum(1 for e in events if e.name == name and is_nested(interval(e), region))
