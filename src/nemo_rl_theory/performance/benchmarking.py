@@ -34,7 +34,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy import stats
 from torch import Tensor
 from torch.utils.benchmark import Measurement
 from torch.utils.benchmark.utils.common import TaskSpec
@@ -127,6 +126,8 @@ def _interval(samples: tuple[np.ndarray, ...], statistic, *, paired: bool, confi
     if all(np.ptp(s) == 0 for s in samples):
         # Every resample gives the same value: the bootstrap distribution is a point.
         return point, point, point
+    from scipy import stats  # here, not at import: scipy.stats costs ~1 s that timing-only users skip
+
     res = stats.bootstrap(
         samples,
         statistic,
