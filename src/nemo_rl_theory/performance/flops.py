@@ -219,7 +219,7 @@ def count_flops(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> int:
 def flop_breakdown(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> dict[str, int]:
     """FLOPs per aten operator (e.g. ``{"mm": ..., "bmm": ...}``) counted while ``fn(*args, **kwargs)`` runs.
 
-    The ``"Global"`` entry of :meth:`FlopCounterMode.get_flop_counts`, keyed by the operator's
+    The ``"Global"`` entry of ``FlopCounterMode.get_flop_counts()``, keyed by the operator's
     short name; the values sum to :func:`count_flops`.
     """
     fn = _require_callable(fn)

@@ -211,7 +211,7 @@ class LivePeakMeter(TorchDispatchMode):
     r"""Current and peak bytes of the tensor storages created inside a ``with`` block.
 
     Every ATen call (forward and, when ``backward()`` runs inside the block, backward) passes
-    through :meth:`__torch_dispatch__`; a storage that an output holds and that the call's
+    through ``__torch_dispatch__``; a storage that an output holds and that the call's
     inputs did not is new: its ``nbytes`` are added to ``current`` and a weak reference
     subtracts them when the storage is freed. ``peak`` is the maximum of ``current``.
 

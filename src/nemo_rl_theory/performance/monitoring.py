@@ -56,7 +56,7 @@ __all__ = [
     "write_scalars",
 ]
 
-#: Siegmund's correction of the threshold for normal data: :math:`b = h + 1.166`
+#: The constant of Siegmund's threshold correction for normal data, :math:`b = h + 1.166`
 #: (:math:`1.166 \approx 2 \cdot 0.583`, twice the expected overshoot constant of a normal random walk).
 SIEGMUND_OFFSET = 1.166
 
@@ -166,7 +166,7 @@ def cusum(
 
     Raises:
         TypeError, ValueError: a non-numeric or non-finite ``x``, ``sigma <= 0``, ``k < 0``,
-        ``h <= 0`` or an unknown ``side``.
+            ``h <= 0`` or an unknown ``side``.
     """
     arr = _series("x", x)
     require_number("target", target)
@@ -408,8 +408,8 @@ def ewma_arl_markov(*, lam: float = 0.2, L: float = 3.0, shift: float = 0.0, sta
         states: :math:`m`, an odd int >= 3 (the error shrinks as :math:`m` grows).
 
     Raises:
-        TypeError, ValueError: ``lam`` outside :math:`(0, 1]`, ``L <= 0``, a non-finite ``shift``
-        or ``states`` not an odd int >= 3.
+        ValueError: ``lam`` outside :math:`(0, 1]`, ``L`` not positive, a non-finite ``shift``
+            or ``states`` not an odd integer of at least 3 (TypeError for a non-number).
     """
     require_number("lam", lam, low=0.0, high=1.0, low_inclusive=False)
     ll = _positive("L", L)

@@ -97,8 +97,8 @@ def ring_bytes_per_rank(collective: str, size_bytes: float, world_size: int) -> 
 class RingResult:
     """What :func:`simulate_ring` returns."""
 
-    #: Per-rank results: the reduced tensor (all-reduce), the rank's reduced chunk
-    #: (reduce-scatter) or the concatenated shards (all-gather).
+    #: The result on each rank, in rank order, which is the reduced tensor (all-reduce), the
+    #: rank's reduced chunk (reduce-scatter) or the concatenated shards (all-gather).
     outputs: list[Tensor]
     #: Bytes each rank sent, summed over the steps.
     bytes_sent: list[int]

@@ -89,7 +89,7 @@ class FloatFormat:
 
     @property
     def bits(self) -> int:
-        """Total bits: 1 (sign) + exponent + mantissa."""
+        """The width of the format in bits, 1 (sign) + exponent + mantissa."""
         return 1 + self.exponent_bits + self.mantissa_bits
 
     @property
