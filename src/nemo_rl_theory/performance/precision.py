@@ -25,8 +25,9 @@ import torch
 from torch import Tensor
 
 from nemo_rl_theory._validation import require_float_tensor, require_ndim, require_same_shape, require_tensor
-from nemo_rl_theory.kl import _calculate_kl, check_kl_type
+from nemo_rl_theory.kl import check_kl_type
 from nemo_rl_theory.losses._inputs import check_factors, token_and_sample_masks
+from nemo_rl_theory.losses.clipped_pg import _mismatch_metrics
 from nemo_rl_theory.masking import _masked_mean
 
 __all__ = [
@@ -255,19 +256,10 @@ def mismatch_metrics(
     prev = torch.where(counted, prev, 0.0).detach()
     gen = torch.where(counted, gen, 0.0).detach()
 
-    def mean(x: Tensor) -> float:
-        return float(_masked_mean(x, full_mask, global_normalization_factor=n_toks))
-
-    no_clamp = {"kl_type": kl_type, "input_clamp_value": None, "output_clamp_value": None}
-    log_mixture = torch.logaddexp(prev, gen) - math.log(2.0)
-    js = 0.5 * (torch.expm1(prev - log_mixture) - (prev - log_mixture))
-    js = js + 0.5 * (torch.expm1(gen - log_mixture) - (gen - log_mixture))
-    return {
-        "token_mult_prob_error": mean(torch.exp((gen - prev).abs())),
-        "gen_kl_error": mean(_calculate_kl(gen, prev, **no_clamp)),
-        "policy_kl_error": mean(_calculate_kl(prev, gen, **no_clamp)),
-        "js_divergence_error": mean(js),
-    }
+    # The same computation clipped_pg_loss reports, on the validated, padding-zeroed inputs.
+    return _mismatch_metrics(
+        prev, gen, kl_type, lambda x: _masked_mean(x, full_mask, global_normalization_factor=n_toks)
+    )
 
 
 def estimator_moments(per_sample: Tensor, sampling_logprobs: Tensor, target: Tensor) -> dict[str, Tensor]:
