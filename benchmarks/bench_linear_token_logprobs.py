@@ -42,24 +42,17 @@ import sys
 import time
 from pathlib import Path
 
+# The peak-RSS helpers are bench_token_logprobs.py's; this folder is on the path when a page
+# loads this file by its location, not only when it runs as a script.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_token_logprobs import _reset_peak, _rss_kib
+
 ROUTES = ("naive", "token_logprobs", "linear_token_logprobs")
 LABELS = {
     "naive": "hidden @ W.T, log_softmax + gather",
     "token_logprobs": "hidden @ W.T, token_logprobs",
     "linear_token_logprobs": "linear_token_logprobs",
 }
-
-
-def _rss_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not found in /proc/self/status")
-
-
-def _reset_peak() -> None:
-    # Writing 5 resets VmHWM (peak RSS) to the current RSS (Linux >= 4.0).
-    Path("/proc/self/clear_refs").write_text("5")
 
 
 def child(
