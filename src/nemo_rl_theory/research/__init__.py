@@ -1,0 +1,1 @@
+"""Research & Validation: statistics and provenance for ``docs/advanced/research`` and ``research-validation``."""
