@@ -111,6 +111,7 @@ def test_a_kernel_exits_when_its_client_is_killed(zygote) -> None:
         while not (kernels := set(warm_processes()) - {client, zygote.process.pid}) and time.monotonic() < deadline:
             await asyncio.sleep(0.1)  # the forked kernel keeps the zygote's command line
         os.kill(client, signal.SIGKILL)  # no chance to forward anything to the kernel
+        manager.provisioner.process.wait(timeout=10)  # reap it, as jupyter_client would on shutdown
         await manager.cleanup_resources()
         return kernels
 
