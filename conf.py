@@ -60,7 +60,7 @@ nitpick_ignore_regex = [
     (r"py:.*", r"collections\.abc\..*"),
     (r"py:.*", r"nn\..*"),
     (r"py:.*", r"(numpy|np)\..*"),
-    (r"py:.*", r"(os|pathlib)\..*"),
+    (r"py:.*", r"(os|pathlib|datetime)\..*"),
     # type variables of generic functions (run_ranks' T)
     (r"py:class", r"nemo_rl_theory\..*\.T"),
     # private base classes (e.g. the schedules' shared _Schedule) are not part of the API

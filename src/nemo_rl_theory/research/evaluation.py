@@ -331,8 +331,8 @@ def majority_at_k(answer_counts: ArrayLike, k: int, correct: int = 0) -> float:
         \begin{aligned}
         \widehat{\text{maj@}k} &= \sum_{y}
           \frac{\prod_j \binom{n_j}{y_j}}
-               {\binom{n}{k}}\,
-          \frac{[y_c = \max y]}
+               {\binom{n}{k}}\, w(y), \\
+        w(y) &= \frac{[y_c = \max y]}
           {\#\{j : y_j = \max y\}}
         \end{aligned}
 
@@ -575,8 +575,8 @@ def mcnemar_test(
 
         \begin{aligned}
         b \mid b + c &\sim
-          \mathrm{Binomial}(b + c, \tfrac12)
-          \quad (\text{exact}), \\
+          \mathrm{Bin}(b + c, \tfrac12)
+          \ (\text{exact}), \\
         \chi^2 &= \frac{(|b - c| - \delta)^2}
           {b + c}
           \;\dot\sim\; \chi^2_1

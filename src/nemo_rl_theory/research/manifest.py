@@ -351,7 +351,7 @@ def build_manifest(
         created_at: a timezone-aware time (default: now); stored in UTC.
 
     Raises:
-        TypeError / ValueError: a non-JSON config (its path named), bad seeds or data.
+        ValueError: a non-JSON config (its path named), bad seeds or data (TypeError for a wrong type).
         FileNotFoundError: a missing data file or ``repo`` directory.
     """
     text = canonical_json(config)
