@@ -143,6 +143,13 @@ SECTIONS = {
         "distributed-training",
         "memory-optimization",
     },
+    # Research & Validation (issue 13) lands page by page; the landings carry the built pages' cards.
+    "research": {
+        "reproducibility",
+    },
+    "research-validation": {
+        "model-evaluation",
+    },
 }
 
 
@@ -317,6 +324,8 @@ def test_every_built_seed_landing_is_checked() -> None:
 SECTION_SEEDS = {
     "performance": ("001", "Performance & Optimization"),
     "performance-scaling": ("002", "Performance & Scaling"),
+    "research": ("001", "Research & Experimentation"),
+    "research-validation": ("002", "Research & Validation"),
 }
 
 
@@ -332,8 +341,12 @@ def test_section_landing_carries_its_seed_sections_cards(section: str) -> None:
     number, heading = SECTION_SEEDS[section]
     (seed,) = SEEDS.glob(f"{number}_*.txt")
     seed_cards = cards(seed_section(seed.read_text(), heading))
-    expected = {target.removeprefix(f"{section}/"): card for target, card in seed_cards.items()}
-    assert all("/" not in target for target in expected), f"{seed.name}: {heading} links outside {section}/"
+    in_seed = {target.removeprefix(f"{section}/"): card for target, card in seed_cards.items()}
+    assert all("/" not in target for target in in_seed), f"{seed.name}: {heading} links outside {section}/"
+    # A section that lands page by page carries the cards of the pages it has, and no other.
+    built = SECTIONS[section]
+    expected = {target: card for target, card in in_seed.items() if target in built}
+    assert set(expected) == built, f"{section}: pages {sorted(built - set(expected))} have no card in {seed.name}"
     landing = DOCS / "advanced" / section / "index.md"
     assert cards(landing.read_text()) == expected
     assert seed_section(landing.read_text(), heading).count("grid-item-card") == len(expected)
