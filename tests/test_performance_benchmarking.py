@@ -273,7 +273,7 @@ def test_bad_unpaired_times() -> None:
         ({"confidence": 0.0}, ValueError, "confidence"),
         ({"confidence": "0.9"}, TypeError, "confidence"),
         ({"n_resamples": 10}, ValueError, "n_resamples"),
-        ({"n_resamples": 1000.0}, ValueError, "n_resamples"),
+        ({"n_resamples": 1000.0}, TypeError, "n_resamples"),
         ({"method": "bca"}, ValueError, "method"),
         ({"rng": "seed"}, TypeError, "rng"),
         ({"rng": True}, TypeError, "rng"),
@@ -328,9 +328,9 @@ def test_undefined_bootstrap_interval_is_named(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_bad_counts_and_step_times() -> None:
-    with pytest.raises(ValueError, match="repeats"):
+    with pytest.raises(TypeError, match="repeats"):  # a bool is not a count
         call_times(lambda: None, True)
-    with pytest.raises(ValueError, match="number"):
+    with pytest.raises(TypeError, match="number"):
         interleaved_times(lambda: None, lambda: None, 2, number=1.5)
     with pytest.raises(ValueError, match="step_times"):
         throughput([0.1, -0.2], 10)

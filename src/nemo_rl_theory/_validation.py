@@ -95,8 +95,8 @@ def require_number(
     high: float | None = None,
     low_inclusive: bool = True,
     high_inclusive: bool = True,
-) -> None:
-    """Check a config coefficient is a finite real number inside ``[low, high]``."""
+) -> float:
+    """Check a config coefficient is a finite real number inside ``[low, high]``; return it as a float."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     v = float(value)
@@ -111,6 +111,16 @@ def require_number(
     too_high = high is not None and (v > high or (v == high and not high_inclusive))
     if not math.isfinite(v) or too_low or too_high:
         raise ValueError(f"{name} must be a finite number in {interval}, got {v}")
+    return v
+
+
+def require_int(name: str, value: object, *, low: int = 1) -> int:
+    """Check a count or size is an ``int`` (not a ``bool``) of at least ``low``; return it."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value}")
+    return value
 
 
 def require_bool(name: str, value: object) -> None:

@@ -38,17 +38,11 @@ from torch import Tensor
 from torch.utils.benchmark import Measurement
 from torch.utils.benchmark.utils.common import TaskSpec
 
-from nemo_rl_theory._validation import require_number
+from nemo_rl_theory._validation import require_int, require_number
 from nemo_rl_theory.performance.flops import model_flops_utilization
 
 #: Bootstrap interval methods accepted (``scipy.stats.bootstrap``'s names).
 BOOTSTRAP_METHODS = ("BCa", "percentile", "basic")
-
-
-def _positive_int(name: str, value: object, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
 
 
 def _times(name: str, value: object, *, minimum: int = 3) -> np.ndarray:
@@ -82,7 +76,7 @@ def _rng(rng: object) -> np.random.Generator:
 
 def _check_bootstrap_args(confidence: object, n_resamples: object, method: object) -> None:
     require_number("confidence", confidence, low=0.0, high=1.0, low_inclusive=False, high_inclusive=False)
-    _positive_int("n_resamples", n_resamples, minimum=100)
+    require_int("n_resamples", n_resamples, low=100)
     if method not in BOOTSTRAP_METHODS:
         raise ValueError(f"method must be one of {BOOTSTRAP_METHODS}, got {method!r}")
 
@@ -286,8 +280,8 @@ def call_times(fn: Callable[[], object], repeats: int, *, number: int = 1) -> np
     """
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {type(fn).__name__}")
-    _positive_int("repeats", repeats)
-    _positive_int("number", number)
+    require_int("repeats", repeats)
+    require_int("number", number)
     out = np.empty(repeats)
     for k in range(repeats):
         start = time.perf_counter()
@@ -318,9 +312,9 @@ def interleaved_times(
     for name, fn in (("fn_a", fn_a), ("fn_b", fn_b)):
         if not callable(fn):
             raise TypeError(f"{name} must be callable, got {type(fn).__name__}")
-    _positive_int("repeats", repeats)
-    _positive_int("number", number)
-    _positive_int("warmup", warmup, minimum=0)
+    require_int("repeats", repeats)
+    require_int("number", number)
+    require_int("warmup", warmup, low=0)
     for _ in range(warmup):
         fn_a()
         fn_b()
@@ -398,7 +392,7 @@ def matmul_flops_per_second(
     """
     from torch.utils.benchmark import Timer
 
-    _positive_int("size", size)
+    require_int("size", size)
     require_number("min_run_time", min_run_time, low=0.0, low_inclusive=False)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")

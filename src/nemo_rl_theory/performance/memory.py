@@ -16,7 +16,6 @@ r"""Activation memory: the Korthikanti et al. formula, and meters that measure b
 
 from __future__ import annotations
 
-import math
 import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -25,6 +24,8 @@ import torch
 from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
+
+from nemo_rl_theory._validation import require_int, require_number
 
 __all__ = [
     "LivePeakMeter",
@@ -37,22 +38,6 @@ __all__ = [
 ]
 
 _RECOMPUTE = ("none", "selective", "full")
-
-
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return value
-
-
-def _positive_real(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value}")
-    return float(value)
 
 
 def activation_bytes_per_layer(
@@ -125,17 +110,17 @@ def activation_bytes_per_layer(
     Returns:
         Bytes (a float; it is an integer whenever the inputs make it one).
     """
-    s = _positive_int("seq_len", seq_len)
-    b = _positive_int("micro_batch", micro_batch)
-    h = _positive_int("hidden", hidden)
-    a = _positive_int("num_heads", num_heads)
-    t = _positive_int("tensor_parallel", tensor_parallel)
+    s = require_int("seq_len", seq_len)
+    b = require_int("micro_batch", micro_batch)
+    h = require_int("hidden", hidden)
+    a = require_int("num_heads", num_heads)
+    t = require_int("tensor_parallel", tensor_parallel)
     if not isinstance(sequence_parallel, bool):
         raise TypeError(f"sequence_parallel must be a bool, got {type(sequence_parallel).__name__}")
     if recompute not in _RECOMPUTE:
         raise ValueError(f"recompute must be one of {_RECOMPUTE}, got {recompute!r}")
-    p = _positive_real("bytes_per_value", bytes_per_value)
-    m = _positive_real("mask_bytes", mask_bytes)
+    p = require_number("bytes_per_value", bytes_per_value, low=0.0, low_inclusive=False)
+    m = require_number("mask_bytes", mask_bytes, low=0.0, low_inclusive=False)
     if h % a:
         raise ValueError(f"hidden ({h}) must be divisible by num_heads ({a})")
     if a % t:
@@ -272,7 +257,7 @@ def _lengths(name: str, lengths: object) -> list[int]:
         raise TypeError(f"{name} must be a sequence of ints, got {type(lengths).__name__}")
     if len(lengths) == 0:
         raise ValueError(f"{name} must not be empty")
-    return [_positive_int(f"{name}[{i}]", n) for i, n in enumerate(lengths)]
+    return [require_int(f"{name}[{i}]", n) for i, n in enumerate(lengths)]
 
 
 def pack_sequences(lengths: Sequence[int] | Tensor, capacity: int) -> list[list[int]]:
@@ -289,7 +274,7 @@ def pack_sequences(lengths: Sequence[int] | Tensor, capacity: int) -> list[list[
         Rows, each a list of sequence indices in the order they are laid out.
     """
     ls = _lengths("lengths", lengths)
-    cap = _positive_int("capacity", capacity)
+    cap = require_int("capacity", capacity)
     if max(ls) > cap:
         raise ValueError(f"capacity ({cap}) must be >= the longest sequence ({max(ls)})")
     rows: list[list[int]] = []

@@ -90,11 +90,6 @@ def _series(name: str, x: object) -> np.ndarray:
     return arr
 
 
-def _positive(name: str, value: object) -> float:
-    require_number(name, value, low=0.0, low_inclusive=False)
-    return float(value)  # type: ignore[arg-type]
-
-
 def _side(side: object) -> str:
     if side not in _SIDES:
         raise ValueError(f"side must be one of {_SIDES}, got {side!r}")
@@ -170,9 +165,9 @@ def cusum(
     """
     arr = _series("x", x)
     require_number("target", target)
-    s = _positive("sigma", sigma)
+    s = require_number("sigma", sigma, low=0.0, low_inclusive=False)
     require_number("k", k, low=0.0)
-    hh = _positive("h", h)
+    hh = require_number("h", h, low=0.0, low_inclusive=False)
     chosen = _side(side)
     z = (arr - float(target)) / s
     upper = np.empty_like(z)
@@ -224,8 +219,8 @@ def ewma_half_width(
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
     require_number("lam", lam, low=0.0, high=1.0, low_inclusive=False)
-    ll = _positive("L", L)
-    s = _positive("sigma", sigma)
+    ll = require_number("L", L, low=0.0, low_inclusive=False)
+    s = require_number("sigma", sigma, low=0.0, low_inclusive=False)
     if not isinstance(exact, bool):
         raise TypeError(f"exact must be a bool, got {type(exact).__name__}")
     t = np.arange(1, steps + 1, dtype=np.float64)
@@ -315,7 +310,7 @@ def cusum_arl_siegmund(*, k: float = 0.5, h: float = 5.0, shift: float = 0.0, si
     :math:`\sigma`.
     """
     require_number("k", k, low=0.0)
-    hh = _positive("h", h)
+    hh = require_number("h", h, low=0.0, low_inclusive=False)
     require_number("shift", shift)
     chosen = _side(side)
     up = _one_sided_siegmund(float(shift), float(k), hh)
@@ -366,7 +361,7 @@ def cusum_arl_markov(
     combine as in :func:`cusum_arl_siegmund`.
     """
     require_number("k", k, low=0.0)
-    hh = _positive("h", h)
+    hh = require_number("h", h, low=0.0, low_inclusive=False)
     require_number("shift", shift)
     chosen = _side(side)
     if isinstance(states, bool) or not isinstance(states, int) or states < 2:
@@ -412,7 +407,7 @@ def ewma_arl_markov(*, lam: float = 0.2, L: float = 3.0, shift: float = 0.0, sta
             or ``states`` not an odd integer of at least 3 (TypeError for a non-number).
     """
     require_number("lam", lam, low=0.0, high=1.0, low_inclusive=False)
-    ll = _positive("L", L)
+    ll = require_number("L", L, low=0.0, low_inclusive=False)
     require_number("shift", shift)
     if isinstance(states, bool) or not isinstance(states, int) or states < 3 or states % 2 == 0:
         raise ValueError(f"states must be an odd int >= 3 (a centre cell for z_0 = mu_0), got {states!r}")

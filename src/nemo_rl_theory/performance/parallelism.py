@@ -40,26 +40,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from nemo_rl_theory._validation import require_int, require_number
+
 #: Collectives :func:`ring_bytes_per_rank` and :func:`simulate_ring` know.
 COLLECTIVES: tuple[str, ...] = ("all_reduce", "reduce_scatter", "all_gather")
 #: Pipeline schedules :func:`simulate_pipeline` knows.
 SCHEDULES: tuple[str, ...] = ("gpipe", "1f1b")
-
-
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return value
-
-
-def _positive_time(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value}")
-    return float(value)
 
 
 def ring_bytes_per_rank(collective: str, size_bytes: float, world_size: int) -> float:
@@ -88,7 +74,7 @@ def ring_bytes_per_rank(collective: str, size_bytes: float, world_size: int) -> 
         raise TypeError(f"size_bytes must be a number, got {type(size_bytes).__name__}")
     if not (math.isfinite(size_bytes) and size_bytes >= 0):
         raise ValueError(f"size_bytes must be a finite number >= 0, got {size_bytes}")
-    n = _positive_int("world_size", world_size)
+    n = require_int("world_size", world_size)
     factor = 2.0 if collective == "all_reduce" else 1.0
     return factor * (n - 1) / n * float(size_bytes)
 
@@ -202,8 +188,8 @@ def pipeline_bubble_fraction(stages: int, micro_batches: int) -> float:
     Returns:
         The fraction of stage-time (``p`` stages times the makespan) spent idle, in ``[0, 1)``.
     """
-    p = _positive_int("stages", stages)
-    m = _positive_int("micro_batches", micro_batches)
+    p = require_int("stages", stages)
+    m = require_int("micro_batches", micro_batches)
     return (p - 1) / (m + p - 1)
 
 
@@ -274,11 +260,14 @@ def simulate_pipeline(
     Returns:
         A :class:`PipelineTimeline` (slots, makespan, idle fraction, in-flight micro-batches).
     """
-    p = _positive_int("stages", stages)
-    m = _positive_int("micro_batches", micro_batches)
+    p = require_int("stages", stages)
+    m = require_int("micro_batches", micro_batches)
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
-    times = {"F": _positive_time("forward_time", forward_time), "B": _positive_time("backward_time", backward_time)}
+    times = {
+        "F": require_number("forward_time", forward_time, low=0.0, low_inclusive=False),
+        "B": require_number("backward_time", backward_time, low=0.0, low_inclusive=False),
+    }
     orders = [_stage_order(schedule, s, p, m) for s in range(p)]
     done: dict[tuple[str, int, int], float] = {}  # (kind, stage, micro-batch) -> end time
     slots: list[list[Slot]] = [[] for _ in range(p)]

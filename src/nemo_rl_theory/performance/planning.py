@@ -26,6 +26,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from nemo_rl_theory._validation import require_int, require_number
 from nemo_rl_theory.performance.parallelism import ring_bytes_per_rank
 
 __all__ = [
@@ -57,24 +58,6 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 # input checks
 # --------------------------------------------------------------------------------------------
-def _int(name: str, value: object, *, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value}")
-    return value
-
-
-def _num(name: str, value: object, *, low: float = 0.0, strict: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    v = float(value)
-    if not math.isfinite(v) or v < low or (strict and v == low):
-        op = ">" if strict else ">="
-        raise ValueError(f"{name} must be a finite number {op} {low:g}, got {v}")
-    return v
-
-
 # --------------------------------------------------------------------------------------------
 # model states: ZeRO / FSDP
 # --------------------------------------------------------------------------------------------
@@ -98,11 +81,11 @@ class DtypeBytes:
     num_moments: int = 2
 
     def __post_init__(self) -> None:
-        _int("DtypeBytes.params", self.params)
-        _int("DtypeBytes.grads", self.grads)
-        _int("DtypeBytes.master", self.master, low=0)
-        _int("DtypeBytes.moments", self.moments, low=0)
-        _int("DtypeBytes.num_moments", self.num_moments, low=0)
+        require_int("DtypeBytes.params", self.params)
+        require_int("DtypeBytes.grads", self.grads)
+        require_int("DtypeBytes.master", self.master, low=0)
+        require_int("DtypeBytes.moments", self.moments, low=0)
+        require_int("DtypeBytes.num_moments", self.num_moments, low=0)
 
     @property
     def optimizer(self) -> int:
@@ -170,7 +153,7 @@ def model_state_bytes_per_param(
         :class:`StateBytes` of bytes per parameter (floats).
     """
     s = _stage(stage)
-    n = _int("shard_size", shard_size)
+    n = require_int("shard_size", shard_size)
     if not isinstance(dtypes, DtypeBytes):
         raise TypeError(f"dtypes must be a DtypeBytes, got {type(dtypes).__name__}")
     return StateBytes(
@@ -189,7 +172,7 @@ def model_state_bytes(
     31.4 GB (1), 16.6 GB (2), 1.9 GB (3). The split is the ideal even one; a real shard rounds
     each tensor's rows (:func:`fsdp_shard_numel`).
     """
-    p = _int("num_params", num_params, low=0)
+    p = require_int("num_params", num_params, low=0)
     per = model_state_bytes_per_param(stage, shard_size, dtypes)
     return StateBytes(params=p * per.params, grads=p * per.grads, optimizer=p * per.optimizer)
 
@@ -204,9 +187,9 @@ def fsdp_shard_numel(shape: Sequence[int], world_size: int, rank: int) -> int:
     """
     if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence) or len(shape) == 0:
         raise TypeError(f"shape must be a non-empty sequence of ints, got {shape!r}")
-    dims = [_int(f"shape[{i}]", d, low=0) for i, d in enumerate(shape)]
-    n = _int("world_size", world_size)
-    r = _int("rank", rank, low=0)
+    dims = [require_int(f"shape[{i}]", d, low=0) for i, d in enumerate(shape)]
+    n = require_int("world_size", world_size)
+    r = require_int("rank", rank, low=0)
     if r >= n:
         raise ValueError(f"rank must be in [0, world_size) = [0, {n}), got {r}")
     chunk = -(-dims[0] // n)
@@ -227,9 +210,9 @@ def data_parallel_comm_bytes(num_params: int, data_parallel: int, grad_bytes: in
     (ZeRO stages 1 and 2 send the same: a reduce-scatter of the gradients and an all-gather of
     the updated parameters, Rajbhandari et al. 2020 §7.)
     """
-    p = _int("num_params", num_params, low=0)
-    n = _int("data_parallel", data_parallel)
-    return ring_bytes_per_rank("all_reduce", p * _int("grad_bytes", grad_bytes), n)
+    p = require_int("num_params", num_params, low=0)
+    n = require_int("data_parallel", data_parallel)
+    return ring_bytes_per_rank("all_reduce", p * require_int("grad_bytes", grad_bytes), n)
 
 
 def fsdp_comm_bytes(num_params: int, data_parallel: int, param_bytes: int = 2, grad_bytes: int = 2) -> float:
@@ -246,10 +229,10 @@ def fsdp_comm_bytes(num_params: int, data_parallel: int, param_bytes: int = 2, g
 
     :math:`= 1.5\, V_{DP}` when :math:`b_p = b_g` (Rajbhandari et al. 2020 §7.2.2).
     """
-    p = _int("num_params", num_params, low=0)
-    bp = _int("param_bytes", param_bytes)
-    bg = _int("grad_bytes", grad_bytes)
-    n = _int("data_parallel", data_parallel)
+    p = require_int("num_params", num_params, low=0)
+    bp = require_int("param_bytes", param_bytes)
+    bg = require_int("grad_bytes", grad_bytes)
+    n = require_int("data_parallel", data_parallel)
     return 2 * ring_bytes_per_rank("all_gather", p * bp, n) + ring_bytes_per_rank("all_gather", p * bg, n)
 
 
@@ -272,13 +255,13 @@ def tensor_parallel_comm_bytes(
     same total volume (Korthikanti et al. 2022 §4.2.2), so the count is the same.
     """
     size = (
-        _int("micro_batch", micro_batch)
-        * _int("seq_len", seq_len)
-        * _int("hidden", hidden)
-        * _int("bytes_per_value", bytes_per_value)
+        require_int("micro_batch", micro_batch)
+        * require_int("seq_len", seq_len)
+        * require_int("hidden", hidden)
+        * require_int("bytes_per_value", bytes_per_value)
     )
-    t = _int("tensor_parallel", tensor_parallel)
-    return 4 * _int("num_layers", num_layers, low=0) * ring_bytes_per_rank("all_reduce", size, t)
+    t = require_int("tensor_parallel", tensor_parallel)
+    return 4 * require_int("num_layers", num_layers, low=0) * ring_bytes_per_rank("all_reduce", size, t)
 
 
 def pipeline_p2p_bytes(micro_batch: int, seq_len: int, hidden: int, bytes_per_value: int = 2) -> int:
@@ -289,10 +272,10 @@ def pipeline_p2p_bytes(micro_batch: int, seq_len: int, hidden: int, bytes_per_va
     """
     return (
         2
-        * _int("micro_batch", micro_batch)
-        * _int("seq_len", seq_len)
-        * _int("hidden", hidden)
-        * _int("bytes_per_value", bytes_per_value)
+        * require_int("micro_batch", micro_batch)
+        * require_int("seq_len", seq_len)
+        * require_int("hidden", hidden)
+        * require_int("bytes_per_value", bytes_per_value)
     )
 
 
@@ -326,7 +309,7 @@ class TransformerShape:
 
     def __post_init__(self) -> None:
         for key in ("num_layers", "hidden", "num_heads", "num_kv_heads", "ffn_hidden", "vocab_size"):
-            _int(key, getattr(self, key))
+            require_int(key, getattr(self, key))
         if self.hidden % self.num_heads:
             raise ValueError(f"hidden ({self.hidden}) must be divisible by num_heads ({self.num_heads})")
         if self.num_heads % self.num_kv_heads:
@@ -367,19 +350,19 @@ def kv_cache_bytes_per_token(
     rank keeps (a replica of) one head, hence the ceiling (Pope et al. 2022 §3.3 for the
     per-token cache, :math:`2 L n_{kv} d` values).
     """
-    heads = -(-_int("num_kv_heads", num_kv_heads) // _int("tensor_parallel", tensor_parallel))
+    heads = -(-require_int("num_kv_heads", num_kv_heads) // require_int("tensor_parallel", tensor_parallel))
     return (
         2
-        * _int("num_layers", num_layers)
+        * require_int("num_layers", num_layers)
         * heads
-        * _int("head_dim", head_dim)
-        * _int("bytes_per_value", bytes_per_value)
+        * require_int("head_dim", head_dim)
+        * require_int("bytes_per_value", bytes_per_value)
     )
 
 
 def kv_cache_bytes(shape: TransformerShape, num_tokens: int, bytes_per_value: int = 2, tensor_parallel: int = 1) -> int:
     """KV cache of ``num_tokens`` tokens (summed over sequences) of ``shape`` on one GPU."""
-    return _int("num_tokens", num_tokens, low=0) * kv_cache_bytes_per_token(
+    return require_int("num_tokens", num_tokens, low=0) * kv_cache_bytes_per_token(
         shape.num_layers, shape.num_kv_heads, shape.head_dim, bytes_per_value, tensor_parallel
     )
 
@@ -393,8 +376,13 @@ def logits_bytes(
     of the naive route, of ``token_logprobs`` and of ``linear_token_logprobs`` are measured on
     the memory-optimization pages.
     """
-    v = -(-_int("vocab_size", vocab_size) // _int("tensor_parallel", tensor_parallel))
-    return _int("micro_batch", micro_batch) * _int("seq_len", seq_len) * v * _int("bytes_per_value", bytes_per_value)
+    v = -(-require_int("vocab_size", vocab_size) // require_int("tensor_parallel", tensor_parallel))
+    return (
+        require_int("micro_batch", micro_batch)
+        * require_int("seq_len", seq_len)
+        * v
+        * require_int("bytes_per_value", bytes_per_value)
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -428,7 +416,7 @@ class ParallelPlan:
 
     def __post_init__(self) -> None:
         for key in ("data", "tensor", "pipeline", "context"):
-            _int(key, getattr(self, key))
+            require_int(key, getattr(self, key))
         _stage(self.zero_stage)
         if not isinstance(self.sequence_parallel, bool):
             raise TypeError(f"sequence_parallel must be a bool, got {type(self.sequence_parallel).__name__}")
@@ -507,11 +495,11 @@ def plan_memory(
         raise TypeError(f"shape must be a TransformerShape, got {type(shape).__name__}")
     if not isinstance(plan, ParallelPlan):
         raise TypeError(f"plan must be a ParallelPlan, got {type(plan).__name__}")
-    s = _int("seq_len", seq_len)
-    b = _int("micro_batch", micro_batch)
-    m = _int("num_microbatches", num_microbatches)
-    gpu = _num("gpu_bytes", gpu_bytes, strict=True)
-    k = _num("logits_copies", logits_copies)
+    s = require_int("seq_len", seq_len)
+    b = require_int("micro_batch", micro_batch)
+    m = require_int("num_microbatches", num_microbatches)
+    gpu = require_number("gpu_bytes", gpu_bytes, low=0.0, low_inclusive=False)
+    k = require_number("logits_copies", logits_copies, low=0.0)
     if s % plan.context:
         raise ValueError(f"seq_len ({s}) must be divisible by the context parallel size ({plan.context})")
     from nemo_rl_theory.performance.memory import activation_bytes_per_layer
@@ -526,7 +514,7 @@ def plan_memory(
         tensor_parallel=plan.tensor,
         sequence_parallel=plan.sequence_parallel,
         recompute=plan.recompute,
-        bytes_per_value=_int("activation_bytes_per_value", activation_bytes_per_value),
+        bytes_per_value=require_int("activation_bytes_per_value", activation_bytes_per_value),
     )
     activations = per_layer * (shape.num_layers / plan.pipeline) * min(plan.pipeline, m)
     logits = k * logits_bytes(b, s // plan.context, shape.vocab_size, logits_bytes_per_value, plan.tensor)
@@ -569,12 +557,12 @@ def generation_memory(
     """
     if not isinstance(shape, TransformerShape):
         raise TypeError(f"shape must be a TransformerShape, got {type(shape).__name__}")
-    t = _int("tensor_parallel", tensor_parallel)
-    gpu = _num("gpu_bytes", gpu_bytes, strict=True)
-    u = _num("memory_utilization", memory_utilization, strict=True)
+    t = require_int("tensor_parallel", tensor_parallel)
+    gpu = require_number("gpu_bytes", gpu_bytes, low=0.0, low_inclusive=False)
+    u = require_number("memory_utilization", memory_utilization, low=0.0, low_inclusive=False)
     if u > 1:
         raise ValueError(f"memory_utilization must be in (0, 1], got {u}")
-    weights = shape.num_params * _int("weight_bytes", weight_bytes) / t
+    weights = shape.num_params * require_int("weight_bytes", weight_bytes) / t
     per_token = kv_cache_bytes_per_token(shape.num_layers, shape.num_kv_heads, shape.head_dim, kv_bytes_per_value, t)
     free = u * gpu - weights
     return weights, max(0, math.floor(free / per_token))
@@ -606,9 +594,9 @@ def enumerate_plans(
     """
     if not isinstance(shape, TransformerShape):
         raise TypeError(f"shape must be a TransformerShape, got {type(shape).__name__}")
-    n = _int("num_gpus", num_gpus)
-    node = _int("gpus_per_node", gpus_per_node)
-    s = _int("seq_len", seq_len)
+    n = require_int("num_gpus", num_gpus)
+    node = require_int("gpus_per_node", gpus_per_node)
+    s = require_int("seq_len", seq_len)
     divisors = [k for k in range(1, n + 1) if n % k == 0]
     out: list[PlanMemory] = []
     for t, p, c in itertools.product(divisors, repeat=3):
