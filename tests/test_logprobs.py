@@ -16,10 +16,11 @@ def naive_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 @given(
-    batch=st.integers(1, 3),
+    batch=st.integers(1, 5),
     length=st.integers(1, 7),
     vocab=st.integers(1, 40),
-    chunk=st.one_of(st.none(), st.integers(1, 9)),
+    # chunk < length cuts sequences; chunk >= length groups whole sequences (some chunks partial)
+    chunk=st.one_of(st.none(), st.integers(1, 16)),
     dtype=st.sampled_from([torch.float32, torch.float64]),
     seed=st.integers(0, 2**16),
 )
@@ -107,3 +108,20 @@ def test_entropy_matches_direct_sum_and_limits():
 def test_entropy_gradcheck():
     logits = torch.randn(2, 5, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(entropy_from_logits, (logits,))
+
+
+def test_grouped_sequences_in_a_strided_view_and_in_half_precision():
+    # chunk_size 7 over length 3 groups two whole sequences per chunk, five rows -> 3 chunks, the
+    # last one partial; the view skips the last position, so no chunk is contiguous.
+    gen = torch.Generator().manual_seed(2)
+    out = torch.randn(5, 4, 9, generator=gen)
+    input_ids = torch.randint(0, 9, (5, 4), generator=gen)
+    for dtype in (torch.float32, torch.bfloat16):
+        ours_in = out.to(dtype).clone().requires_grad_()
+        ref_in = out.to(dtype).clone().requires_grad_()
+        ours = token_logprobs(ours_in[:, :-1], input_ids[:, 1:], chunk_size=7)
+        ref = naive_logprobs(ref_in[:, :-1].float(), input_ids[:, 1:])
+        ours.sum().backward()
+        ref.sum().backward()
+        torch.testing.assert_close(ours, ref)
+        torch.testing.assert_close(ours_in.grad, ref_in.grad)

@@ -37,16 +37,27 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _chunks(batch: int, length: int, rows_per_chunk: int):
-    """Index tuples ``(b, t0:t1)`` covering a ``[batch, length]`` grid, ``rows_per_chunk`` rows each."""
+    """Index tuples ``(b0:b1, t0:t1)`` covering a ``[batch, length]`` grid, at most ``rows_per_chunk`` rows each.
+
+    Whole sequences are grouped when they fit in a chunk (one slice over many short rows instead of
+    a Python loop over them); longer sequences are cut along positions.
+    """
+    if length == 0:
+        return
+    if rows_per_chunk >= length:
+        per_chunk = rows_per_chunk // length
+        for start in range(0, batch, per_chunk):
+            yield slice(start, start + per_chunk), slice(None)
+        return
     for b in range(batch):
         for start in range(0, length, rows_per_chunk):
-            yield b, slice(start, start + rows_per_chunk)
+            yield slice(b, b + 1), slice(start, start + rows_per_chunk)
 
 
 class _TokenLogprobs(torch.autograd.Function):
     """``log softmax(logits)[target]`` over ``[B, T, V]``, saving only the ``[B, T]`` log-sum-exp.
 
-    Chunks index ``logits[b, t0:t1]``, so a strided view such as ``out[:, :-1]`` is read in
+    Chunks index ``logits[b0:b1, t0:t1]``, so a strided view such as ``out[:, :-1]`` is read in
     place, never copied.
     """
 
@@ -86,10 +97,10 @@ class _TokenLogprobs(torch.autograd.Function):
                 chunk = grad_logits[b, rows]
                 torch.sub(logits[b, rows], lse[b, rows, None], out=chunk)
                 chunk.exp_().mul_(-g)
-                chunk.scatter_add_(1, targets[b, rows, None], g)
+                chunk.scatter_add_(-1, targets[b, rows, None], g)
             else:
                 chunk = (logits[b, rows].to(compute_dtype) - lse[b, rows, None]).exp_().mul_(-g)
-                chunk.scatter_add_(1, targets[b, rows, None], g)
+                chunk.scatter_add_(-1, targets[b, rows, None], g)
                 grad_logits[b, rows] = chunk.to(logits.dtype)
         return grad_logits, None, None
 
