@@ -90,6 +90,9 @@ nb_execution_excludepatterns: list[str] = []
 # No ipywidgets on this site: keep myst-nb from adding require.js and the widget manager from a CDN.
 nb_ipywidgets_js: dict[str, dict[str, str]] = {}
 nb_render_image_options = {"align": "center"}
+# Cells' ``display(Markdown(...))`` output is parsed as MyST, whose tables CommonMark (the default)
+# lacks; scripts/check_site.py fails a page that shows a table as raw text.
+nb_render_markdown_format = "myst"
 # Keyed on the library too (docs/_ext/execution_cache.py): a change in src/ re-executes every page.
 nb_execution_cache_path = str(
     select_cache(ROOT / ".jupyter_cache", library_fingerprint(ROOT / "src" / "nemo_rl_theory"))

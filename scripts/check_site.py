@@ -9,7 +9,9 @@ Fails (exit 1, one line per problem) if any page or stylesheet
   ``url(...)`` or ``@import`` with a scheme or ``//`` (plain ``<a href>`` links are fine: they
   are navigation, not assets);
 * refers to a local asset file that is not in the build;
-* contains a formula KaTeX could not render (``katex-error``).
+* contains a formula KaTeX could not render (``katex-error``);
+* shows a Markdown table as raw text (a ``|---|`` row outside code), as a cell's
+  ``display(Markdown(...))`` output does when it is rendered without MyST's table syntax.
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ ASSET_ATTRIBUTES = {
 }
 # <link rel=...> values that are navigation, not something the browser fetches for the page.
 NAVIGATION_RELS = {"index", "search", "next", "prev", "canonical", "author", "help", "license", "alternate"}
+# A Markdown table's delimiter row, e.g. ``|---|:---:|``; in running text it means the table was not
+# parsed. Sphinx's smart quotes turn an unparsed ``---`` into an em dash (``--`` into an en dash).
+RAW_TABLE_ROW = re.compile(r"\|\s*:?(?:-{3,}|[\u2013\u2014]-?)\s*:?\s*\|")
+# Text inside these is code (a cell's source may build a table from strings), not rendered prose.
+CODE_TAGS = {"pre", "code", "script", "style", "textarea"}
 CSS_URL = re.compile(r"""url\(\s*['"]?([^'")]+)['"]?\s*\)|@import\s+['"]([^'"]+)['"]""")
 
 
@@ -47,7 +54,9 @@ class _AssetCollector(HTMLParser):
         self.assets: list[str] = []
         self.inline_css: list[str] = []
         self.katex_errors = 0
+        self.raw_tables = 0
         self._in_style = False
+        self._code_depth = 0
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         values = {name: value or "" for name, value in attrs}
@@ -55,6 +64,8 @@ class _AssetCollector(HTMLParser):
             self.katex_errors += 1
         if tag == "style":
             self._in_style = True
+        if tag in CODE_TAGS:
+            self._code_depth += 1
         if "style" in values:
             self.inline_css.append(values["style"])
         if tag == "link" and NAVIGATION_RELS & set(values.get("rel", "").lower().split()):
@@ -73,10 +84,14 @@ class _AssetCollector(HTMLParser):
     def handle_endtag(self, tag: str) -> None:
         if tag == "style":
             self._in_style = False
+        if tag in CODE_TAGS and self._code_depth:
+            self._code_depth -= 1
 
     def handle_data(self, data: str) -> None:
         if self._in_style:
             self.inline_css.append(data)
+        elif not self._code_depth and RAW_TABLE_ROW.search(data):
+            self.raw_tables += 1
 
 
 def _css_urls(text: str) -> list[str]:
@@ -117,6 +132,8 @@ def check_site(root: Path) -> list[str]:
                 problems.append(f"{where}: {problem}")
         if collector.katex_errors:
             problems.append(f"{where}: {collector.katex_errors} formula(s) KaTeX could not render")
+        if collector.raw_tables:
+            problems.append(f"{where}: {collector.raw_tables} Markdown table(s) shown as raw text")
     for sheet in sorted(root.rglob("*.css")):
         where = sheet.relative_to(root)
         for url in _css_urls(sheet.read_text(encoding="utf-8", errors="replace")):

@@ -116,6 +116,8 @@ def _site(tmp_path: Path, page: str, css: str = "") -> Path:
         ("", "@font-face { src: url(https://fonts.example.org/f.woff2) }", "remote asset https://fonts"),
         ('<span class="katex-error">\\frac{</span>', "", "could not render"),
         ("<div style=\"background: url('http://example.org/b.png')\"></div>", "", "remote asset http://example.org"),
+        ("<p>| a | b |\n|---|---|\n| 1 | 2 |</p>", "", "Markdown table(s) shown as raw text"),
+        ("<p>| a | b |\n|\u2014|:\u2014:|\n| 1 | 2 |</p>", "", "Markdown table(s) shown as raw text"),
     ],
 )
 def test_check_site_flags_what_breaks_offline(tmp_path: Path, page: str, css: str, problem: str) -> None:
@@ -127,6 +129,8 @@ def test_check_site_allows_links_and_local_assets(tmp_path: Path) -> None:
     page = (
         '<a href="https://arxiv.org/abs/2402.03300">paper</a><link rel="canonical" href="https://example.org/">'
         '<link rel="stylesheet" href="_static/local.css?v=1"><img src="data:image/png;base64,AAAA">'
+        # a table built from strings in a cell's source is code, not an unparsed table
+        '<pre><span>"| a | b |\\n|---|---|"</span></pre><p>a range a|b and an em dash \u2014 in prose</p>'
     )
     assert check_site.check_site(_site(tmp_path, page, "a { color: red }")) == []
 
