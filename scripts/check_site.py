@@ -10,6 +10,8 @@ Fails (exit 1, one line per problem) if any page or stylesheet
   are navigation, not assets);
 * refers to a local asset file that is not in the build;
 * contains a formula KaTeX could not render (``katex-error``);
+* shows a MyST role or directive as raw text (``{footbibliography}`` on a line of its own is a
+  paragraph, not a directive; a role without backticks is plain text);
 * shows a Markdown table as raw text (a ``|---|`` row outside code), as a cell's
   ``display(Markdown(...))`` output does when it is rendered without MyST's table syntax.
 """
@@ -38,8 +40,14 @@ NAVIGATION_RELS = {"index", "search", "next", "prev", "canonical", "author", "he
 # A Markdown table's delimiter row, e.g. ``|---|:---:|``; in running text it means the table was not
 # parsed. Sphinx's smart quotes turn an unparsed ``---`` into an em dash (``--`` into an en dash).
 RAW_TABLE_ROW = re.compile(r"\|\s*:?(?:-{3,}|[\u2013\u2014]-?)\s*:?\s*\|")
-# Text inside these is code (a cell's source may build a table from strings), not rendered prose.
-CODE_TAGS = {"pre", "code", "script", "style", "textarea"}
+# A role or directive name in braces that reached the HTML as text: MyST did not parse it.
+RAW_MYST = re.compile(
+    r"\{(?:footbibliography|bibliography|footcite(?::[pt])?|cite(?::[pt])?|glue(?::\w+)?|doc|ref|eq|numref"
+    r"|math|py:\w+|toctree|code-cell|note|warning|admonition|figure)\}"
+)
+# Text inside these is code (a cell's source may build a table from strings) or a formula's TeX
+# source (KaTeX keeps it in MathML's <annotation>: ``\pi_{ref}``), not rendered prose.
+CODE_TAGS = {"pre", "code", "script", "style", "textarea", "math", "annotation"}
 CSS_URL = re.compile(r"""url\(\s*['"]?([^'")]+)['"]?\s*\)|@import\s+['"]([^'"]+)['"]""")
 
 
@@ -55,6 +63,7 @@ class _AssetCollector(HTMLParser):
         self.inline_css: list[str] = []
         self.katex_errors = 0
         self.raw_tables = 0
+        self.raw_myst: list[str] = []
         self._in_style = False
         self._code_depth = 0
 
@@ -90,8 +99,10 @@ class _AssetCollector(HTMLParser):
     def handle_data(self, data: str) -> None:
         if self._in_style:
             self.inline_css.append(data)
-        elif not self._code_depth and RAW_TABLE_ROW.search(data):
-            self.raw_tables += 1
+        elif not self._code_depth:
+            if RAW_TABLE_ROW.search(data):
+                self.raw_tables += 1
+            self.raw_myst += RAW_MYST.findall(data)
 
 
 def _css_urls(text: str) -> list[str]:
@@ -132,6 +143,9 @@ def check_site(root: Path) -> list[str]:
                 problems.append(f"{where}: {problem}")
         if collector.katex_errors:
             problems.append(f"{where}: {collector.katex_errors} formula(s) KaTeX could not render")
+        if collector.raw_myst:
+            names = ", ".join(sorted(set(collector.raw_myst)))
+            problems.append(f"{where}: MyST shown as raw text ({names})")
         if collector.raw_tables:
             problems.append(f"{where}: {collector.raw_tables} Markdown table(s) shown as raw text")
     for sheet in sorted(root.rglob("*.css")):

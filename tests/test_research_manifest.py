@@ -32,6 +32,7 @@ from nemo_rl_theory.research.manifest import (
     host_info,
     package_versions,
     read_manifest,
+    record_outputs,
     verify_manifest,
     write_manifest,
 )
@@ -401,3 +402,77 @@ def test_bad_manifest_files_are_named(tmp_path: Path) -> None:
         bad.write_text(json.dumps(d))
         with pytest.raises(ValueError, match=match):
             read_manifest(bad)
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def test_outputs_are_recorded_after_the_run_and_verified(tmp_path: Path) -> None:
+    m, _ = make(tmp_path)
+    assert m.outputs_sha256 == {}
+    results = tmp_path / "results.json"
+    results.write_text('{"pass_rate": 0.5}\n')
+    done = record_outputs(m, {"results": results, "weights": torch.arange(4.0)})
+    assert done.outputs_sha256["results"] == hashlib.sha256(results.read_bytes()).hexdigest()
+    assert done.outputs_sha256["weights"] == data_sha256(np.arange(4.0, dtype=np.float32))
+    assert m.outputs_sha256 == {}  # the original manifest is not modified
+    assert dataclasses.replace(done, outputs_sha256={}) == m  # nothing else changed
+    back = read_manifest(write_manifest(tmp_path / "m.json", done))
+    assert back == done
+    outputs = {"results": results, "weights": torch.arange(4.0)}
+    assert verify_manifest(back, outputs=outputs) == []
+    # built in one go, the same hashes
+    assert build_manifest(CONFIG, outputs=outputs).outputs_sha256 == done.outputs_sha256
+
+    results.write_text('{"pass_rate": 0.51}\n')  # an edited results file
+    problems = verify_manifest(back, outputs=outputs)
+    assert len(problems) == 1 and problems[0].startswith("outputs_sha256['results']: expected ")
+    assert problems[0].endswith(f"found {hashlib.sha256(results.read_bytes()).hexdigest()!r}")
+    assert verify_manifest(back, outputs={"results": results}) == [
+        "outputs_sha256['results']: expected "
+        f"{done.outputs_sha256['results']!r}, found {hashlib.sha256(results.read_bytes()).hexdigest()!r}",
+        f"outputs_sha256['weights']: recorded {done.outputs_sha256['weights']!r}, not supplied",
+    ]
+    assert verify_manifest(m, outputs={"log": b"x"}) == [
+        f"outputs_sha256['log']: not recorded, found '{data_sha256(b'x')}'"
+    ]
+
+
+def test_record_outputs_never_overwrites_and_names_bad_input(tmp_path: Path) -> None:
+    m = record_outputs(build_manifest({}), {"results": b"first"})
+    with pytest.raises(ValueError, match=r"outputs \['results'\] are already recorded"):
+        record_outputs(m, {"results": b"second", "other": b"x"})
+    assert record_outputs(m, {"other": b"x"}).outputs_sha256 == {
+        "results": hashlib.sha256(b"first").hexdigest(),
+        "other": hashlib.sha256(b"x").hexdigest(),
+    }
+    with pytest.raises(TypeError, match="manifest must be a RunManifest"):
+        record_outputs({}, {"results": b"x"})
+    with pytest.raises(TypeError, match="outputs must be a mapping"):
+        record_outputs(m, [b"x"])
+    with pytest.raises(TypeError, match="outputs keys must be str names"):
+        record_outputs(m, {1: b"x"})
+    with pytest.raises(FileNotFoundError, match=r"outputs\['log'\]: file not found"):
+        record_outputs(m, {"log": tmp_path / "missing.txt"})
+    with pytest.raises(TypeError, match=r"outputs\['xs'\] must be a file path, bytes"):
+        build_manifest({}, outputs={"xs": [1, 2]})
+    with pytest.raises(TypeError, match="outputs must be a mapping"):
+        verify_manifest(m, outputs=[b"x"])
+
+
+def test_a_file_without_outputs_reads_back_with_none_recorded(tmp_path: Path) -> None:
+    m = build_manifest({"a": 1}, seeds=0)
+    raw = m.to_dict()
+    del raw["outputs_sha256"]  # a manifest written before outputs were recorded
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(raw))
+    back = read_manifest(path)
+    assert back == m and back.outputs_sha256 == {}
+    raw["outputs_sha256"] = {"results": 3}
+    path.write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match=r"field outputs_sha256 has values of the wrong type at \['results'\]"):
+        read_manifest(path)
+    raw["outputs_sha256"] = ["results"]
+    path.write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match="field outputs_sha256 has type list"):
+        read_manifest(path)

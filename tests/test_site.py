@@ -117,6 +117,8 @@ def _site(tmp_path: Path, page: str, css: str = "") -> Path:
         ('<span class="katex-error">\\frac{</span>', "", "could not render"),
         ("<div style=\"background: url('http://example.org/b.png')\"></div>", "", "remote asset http://example.org"),
         ("<p>| a | b |\n|---|---|\n| 1 | 2 |</p>", "", "Markdown table(s) shown as raw text"),
+        ("<p>{footbibliography}</p>", "", "MyST shown as raw text ({footbibliography})"),
+        ("<p>as {footcite:p}`key` shows</p>", "", "MyST shown as raw text ({footcite:p})"),
         ("<p>| a | b |\n|\u2014|:\u2014:|\n| 1 | 2 |</p>", "", "Markdown table(s) shown as raw text"),
     ],
 )
@@ -131,6 +133,8 @@ def test_check_site_allows_links_and_local_assets(tmp_path: Path) -> None:
         '<link rel="stylesheet" href="_static/local.css?v=1"><img src="data:image/png;base64,AAAA">'
         # a table built from strings in a cell's source is code, not an unparsed table
         '<pre><span>"| a | b |\\n|---|---|"</span></pre><p>a range a|b and an em dash \u2014 in prose</p>'
+        "<pre>```{footbibliography}\n```</pre><code>{glue:text}`key`</code><p>a set {1, 2}</p>"
+        '<math><annotation encoding="application/x-tex">\\pi_{ref}</annotation></math>'
     )
     assert check_site.check_site(_site(tmp_path, page, "a { color: red }")) == []
 

@@ -2,10 +2,11 @@ r"""Run manifests: what a result needs next to it so that someone can check how 
 
 A manifest records, for one run: the **configuration** and its SHA-256, the **git revision**
 and whether the working tree was **dirty**, the **package versions**, the **seeds**, the
-SHA-256 of each **data** input, the UTC creation time, and coarse **host** facts (platform,
-CPU count; never user names, host names or paths). Written as JSON next to the results,
-it is checked on reload by :func:`verify_manifest`, which lists every field that no longer
-matches.
+SHA-256 of each **data** input, the UTC creation time, coarse **host** facts (platform,
+CPU count; never user names, host names or paths) and, once the run has finished, the
+SHA-256 of each **output** file (:func:`record_outputs`). Written as JSON next to the
+results, it is checked on reload by :func:`verify_manifest`, which lists every field that no
+longer matches.
 
 Terms follow the ACM's *Artifact Review and Badging* definitions (version 1.1, 2020):
 
@@ -69,6 +70,7 @@ __all__ = [
     "host_info",
     "package_versions",
     "read_manifest",
+    "record_outputs",
     "verify_manifest",
     "write_manifest",
 ]
@@ -182,16 +184,16 @@ def data_sha256(source: DataSource, *, name: str = "data") -> str:
     raise TypeError(f"{name} must be a file path, bytes, a numpy array or a torch tensor, got {type(source).__name__}")
 
 
-def _data_hashes(data: Mapping[str, DataSource] | None) -> dict[str, str]:
+def _data_hashes(data: Mapping[str, DataSource] | None, *, field: str = "data") -> dict[str, str]:
     if data is None:
         return {}
     if not isinstance(data, Mapping):
-        raise TypeError(f"data must be a mapping from a name to a data source, got {type(data).__name__}")
+        raise TypeError(f"{field} must be a mapping from a name to a data source, got {type(data).__name__}")
     out = {}
     for key, source in data.items():
         if not isinstance(key, str):
-            raise TypeError(f"data keys must be str names, got {key!r}")
-        out[key] = data_sha256(source, name=f"data[{key!r}]")
+            raise TypeError(f"{field} keys must be str names, got {key!r}")
+        out[key] = data_sha256(source, name=f"{field}[{key!r}]")
     return out
 
 
@@ -295,6 +297,9 @@ class RunManifest:
         created_at: UTC time, ISO 8601 (``2026-01-31T12:00:00+00:00``).
         host: :func:`host_info`.
         version: the manifest format version.
+        outputs_sha256: output name -> hex SHA-256 of what the run produced (results files,
+            metrics), added by :func:`record_outputs` after the run; empty until then. Files
+            written before this field existed read back with it empty.
     """
 
     config: dict[str, Any]
@@ -307,6 +312,7 @@ class RunManifest:
     created_at: str
     host: dict[str, Any]
     version: int = MANIFEST_VERSION
+    outputs_sha256: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of all fields."""
@@ -338,6 +344,7 @@ def build_manifest(
     repo: str | os.PathLike | None = None,
     extra_packages: Iterable[str] = (),
     created_at: datetime | None = None,
+    outputs: Mapping[str, DataSource] | None = None,
 ) -> RunManifest:
     """Record a run's provenance now.
 
@@ -349,6 +356,8 @@ def build_manifest(
         repo: a directory inside the git work tree to record; None: git is not recorded.
         extra_packages: package names recorded besides :data:`DEFAULT_PACKAGES`.
         created_at: a timezone-aware time (default: now); stored in UTC.
+        outputs: name -> output source, hashed like ``data``; usually added after the run with
+            :func:`record_outputs` instead, so that git state and time are taken at launch.
 
     Raises:
         ValueError: a non-JSON config (its path named), bad seeds or data (TypeError for a wrong type).
@@ -370,7 +379,29 @@ def build_manifest(
         data_sha256=_data_hashes(data),
         created_at=created_at.astimezone(timezone.utc).isoformat(),
         host=host_info(),
+        outputs_sha256=_data_hashes(outputs, field="outputs"),
     )
+
+
+def record_outputs(manifest: RunManifest, outputs: Mapping[str, DataSource]) -> RunManifest:
+    """A copy of ``manifest`` with the SHA-256 of each of ``outputs`` added to ``outputs_sha256``.
+
+    Call it when the run has finished, on the manifest built at launch; outputs are hashed as by
+    :func:`data_sha256` (a path: the file's bytes). Never overwrites: a name that is already
+    recorded raises, so a second run cannot silently replace the first one's results.
+
+    Raises:
+        TypeError: ``manifest`` is not a :class:`RunManifest`, or ``outputs`` is not a mapping
+            from str names to data sources. ValueError: a name already recorded.
+        FileNotFoundError: an output file that does not exist.
+    """
+    if not isinstance(manifest, RunManifest):
+        raise TypeError(f"manifest must be a RunManifest, got {type(manifest).__name__}")
+    hashes = _data_hashes(outputs, field="outputs")
+    again = sorted(set(hashes) & set(manifest.outputs_sha256))
+    if again:
+        raise ValueError(f"outputs {again} are already recorded in the manifest; use new names")
+    return dataclasses.replace(manifest, outputs_sha256={**manifest.outputs_sha256, **hashes})
 
 
 def write_manifest(path: str | os.PathLike, manifest: RunManifest) -> Path:
@@ -409,6 +440,7 @@ def read_manifest(path: str | os.PathLike) -> RunManifest:
         raise ValueError(f"{source} is not a JSON manifest: {err}") from None
     if not isinstance(raw, dict):
         raise ValueError(f"{source} must hold a JSON object, got {type(raw).__name__}")
+    raw.setdefault("outputs_sha256", {})  # files written before outputs were recorded
     missing = sorted(set(_FIELDS) - set(raw))
     unknown = sorted(set(raw) - set(_FIELDS))
     if missing or unknown:
@@ -426,6 +458,7 @@ def read_manifest(path: str | os.PathLike) -> RunManifest:
         "data_sha256": dict,
         "created_at": str,
         "host": dict,
+        "outputs_sha256": dict,
     }
     for key, kind in kinds.items():
         if not isinstance(raw[key], kind):
@@ -434,7 +467,7 @@ def read_manifest(path: str | os.PathLike) -> RunManifest:
         seeds = _check_seeds(raw["seeds"])
     except TypeError as err:
         raise ValueError(f"{source}: {err}") from None
-    for key, kind in (("packages", (str, type(None))), ("data_sha256", str)):
+    for key, kind in (("packages", (str, type(None))), ("data_sha256", str), ("outputs_sha256", str)):
         bad = [k for k, v in raw[key].items() if not isinstance(v, kind)]
         if bad:
             raise ValueError(f"{source}: field {key} has values of the wrong type at {bad}")
@@ -461,6 +494,7 @@ def verify_manifest(
     data: Mapping[str, DataSource] | None = None,
     repo: str | os.PathLike | None = None,
     packages: bool | Mapping[str, str | None] = True,
+    outputs: Mapping[str, DataSource] | None = None,
 ) -> list[str]:
     """Every way the current state differs from ``manifest``; an empty list when all match.
 
@@ -472,7 +506,9 @@ def verify_manifest(
     - ``data``: each name's hash (names missing on either side are reported);
     - ``repo``: :func:`git_state` of that directory against ``git_revision`` and ``git_dirty``;
     - ``packages``: ``True`` compares the recorded packages with the installed ones; a mapping
-      compares with those versions; ``False`` skips.
+      compares with those versions; ``False`` skips;
+    - ``outputs``: each name's hash against ``outputs_sha256`` (names missing on either side
+      are reported), e.g. a results file that was edited or regenerated differently.
 
     Each message names the field, what was expected (recorded) and what was found, e.g.
     ``"seeds['torch']: expected 0, found 1"``.
@@ -491,6 +527,8 @@ def verify_manifest(
         problems += _compare_maps("seeds", manifest.seeds, _check_seeds(seeds))
     if data is not None:
         problems += _compare_maps("data_sha256", manifest.data_sha256, _data_hashes(data))
+    if outputs is not None:
+        problems += _compare_maps("outputs_sha256", manifest.outputs_sha256, _data_hashes(outputs, field="outputs"))
     if repo is not None:
         revision, dirty = git_state(repo)
         if revision != manifest.git_revision:
