@@ -298,3 +298,34 @@ def test_clipping_matches_torch_and_nonfinite_gradients_stop_before_the_update()
     with pytest.raises(FloatingPointError, match="gradient norm is nan at step 0"):
         train_grpo(policy, TASK, steps=2, prompts_per_step=4, loss_fn=sqrt_penalty)
     assert all(torch.equal(a, b) for a, b in zip(policy.parameters(), start, strict=True))
+
+
+def test_trainers_adam_is_torch_adam_bit_for_bit(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The trainers' Adam keeps its own state but calls torch.optim.adam.adam; the same runs with
+    # torch.optim.Adam itself (a schedule and clipping included) must end in identical weights.
+    import nemo_rl_theory.toy.trainers as trainers
+
+    def run() -> list[torch.Tensor]:
+        policy = make_policy(0)
+        train_sft(policy, Task("reverse", 2), steps=12, seed=0, lr_schedule=lambda step: 1.0 / (1 + step))
+        train_grpo(policy, Task("reverse", 2), steps=3, prompts_per_step=4, group_size=4, seed=1, max_grad_norm=0.05)
+        return [p.detach().clone() for p in policy.parameters()]
+
+    ours = run()
+    monkeypatch.setattr(trainers, "_Adam", lambda params, lr: torch.optim.Adam(params, lr=lr))
+    reference = run()
+    assert all(torch.equal(a, b) for a, b in zip(ours, reference, strict=True))
+
+
+def test_training_the_toy_does_not_import_dynamo() -> None:
+    # torch.optim.Adam's constructor imports torch._dynamo (~0.9 s of a fresh page kernel).
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from nemo_rl_theory.toy import Task, make_policy, train_sft\n"
+        "train_sft(make_policy(0), Task('reverse', 2), steps=2, seed=0)\n"
+        "assert 'torch._dynamo' not in sys.modules, 'torch._dynamo was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
