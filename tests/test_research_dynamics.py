@@ -81,6 +81,20 @@ def test_fit_recovers_noiseless_parameters(a, r0, tau):
     assert fit.dof == 78 and fit.residual_std < 1e-6
 
 
+def test_analytic_jacobian_matches_central_differences():
+    """The Jacobian the fit passes to curve_fit, against finite differences of the model."""
+    from nemo_rl_theory.research.dynamics import _jacobian
+
+    t = np.linspace(0.0, 60.0, 31)
+    theta = np.array([0.85, 0.1, 9.0])
+    h = 1e-6
+    numeric = np.stack(
+        [(saturating_curve(t, *(theta + h * e)) - saturating_curve(t, *(theta - h * e))) / (2 * h) for e in np.eye(3)],
+        axis=-1,
+    )
+    np.testing.assert_allclose(_jacobian(t, *theta), numeric, rtol=1e-6, atol=1e-9)
+
+
 def test_fit_matches_scipy_curve_fit_directly():
     rng = np.random.default_rng(0)
     t = np.arange(30.0)

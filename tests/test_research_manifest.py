@@ -125,6 +125,15 @@ def test_config_hash_is_sha256_of_compact_sorted_json() -> None:
     assert config_sha256({"a": (1, 2)}) == config_sha256({"a": [1, 2]})
     assert len({config_sha256({"a": v}) for v in (1, 1.0, True)}) == 3
     assert canonical_json({"ключ": "значение"}) == '{"ключ":"значение"}'
+    # the docstring's formula, written out with the json module: kept UTF-8, not \u escapes
+    unicode_config = {"b": [1.5, None, True], "ключ": {"z": "é", "a": 0.1}}
+    expected = json.dumps(unicode_config, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert canonical_json(unicode_config) == expected
+    assert config_sha256(unicode_config) == hashlib.sha256(expected.encode("utf-8")).hexdigest()
+    assert (
+        config_sha256(unicode_config)
+        != hashlib.sha256(json.dumps(unicode_config, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    )
 
 
 # ----------------------------------------------------------------------------- data hashes
@@ -393,6 +402,7 @@ def test_bad_manifest_files_are_named(tmp_path: Path) -> None:
         (lambda d: d.pop("seeds"), r"missing fields \['seeds'\]"),
         (lambda d: d.update(extra=1), r"unknown fields \['extra'\]"),
         (lambda d: d.update(version=99), "version 99 is not supported"),
+        (lambda d: d.update(version=True), "version True is not supported"),  # True == 1 in Python
         (lambda d: d.update(git_dirty="no"), "field git_dirty has type str"),
         (lambda d: d.update(seeds={"torch": 1.5}), r"seeds\['torch'\] must be an int"),
         (lambda d: d.update(packages={"numpy": 2}), "field packages has values of the wrong type"),

@@ -29,12 +29,15 @@ The config hash is the SHA-256 of the **canonical JSON** of the configuration:
     h &= \mathrm{SHA256}(\mathrm{utf8}(c)), \\
     c &= \texttt{json.dumps}(\text{config},\\
       &\quad \texttt{sort\_keys=True},\\
-      &\quad \texttt{separators=(",", ":")})
+      &\quad \texttt{separators=(",", ":")},\\
+      &\quad \texttt{ensure\_ascii=False})
     \end{aligned}
 
 so it does not depend on key order or whitespace, and changes with any key or value (``1``,
-``1.0`` and ``true`` are different values). Keys must be strings; tuples are stored as
-JSON arrays (lists).
+``1.0`` and ``true`` are different values). Floats are written as Python's shortest
+round-trip ``repr``; non-ASCII characters are kept, not ``\uXXXX``-escaped (for ASCII-only
+configurations the text equals ``json.dumps`` with its default ``ensure_ascii=True``). Keys
+must be strings; tuples are stored as JSON arrays (lists); NaN and infinities are rejected.
 """
 
 from __future__ import annotations
@@ -445,7 +448,7 @@ def read_manifest(path: str | os.PathLike) -> RunManifest:
     unknown = sorted(set(raw) - set(_FIELDS))
     if missing or unknown:
         raise ValueError(f"{source}: missing fields {missing}, unknown fields {unknown}")
-    if raw["version"] != MANIFEST_VERSION:
+    if isinstance(raw["version"], bool) or raw["version"] != MANIFEST_VERSION:
         version = raw["version"]
         raise ValueError(f"{source}: manifest version {version!r} is not supported (expected {MANIFEST_VERSION})")
     kinds = {
