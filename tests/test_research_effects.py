@@ -75,6 +75,8 @@ def test_hedges_correction_against_gamma_and_series(nu):
         assert abs(hedges_correction(nu) - (1 - 3 / (4 * nu - 1))) < 2.5e-3
     if nu >= 10:
         assert abs(hedges_correction(nu) - (1 - 3 / (4 * nu - 1))) < 4e-4
+    if nu >= 8:  # the docstring's bias of d: 1/J - 1 ~ 3/(4 nu - 4), 6.4e-4 off at nu = 8
+        assert abs(1 / hedges_correction(nu) - 1 - 3 / (4 * nu - 4)) < 1e-3
     assert 0 < hedges_correction(nu) < 1
     assert hedges_correction(1e12) == pytest.approx(1.0, abs=1e-11)
 
@@ -245,6 +247,9 @@ def test_returns_effect_size_record():
         ([1.0, 2.0, 3.0], [1.0, 2.0, 3.0, 4.0], {"paired": True}, ValueError, "same length"),
         ([1.0, 2.0, 3.0], [0.0, 1.0, 2.0], {"paired": True}, ValueError, "zero variance"),
         ([1.0, 2.0, 3.0], [0.0, 1.0, 2.0], {"paired": 1}, TypeError, "paired must be a bool"),
+        ([True, False, True], [1.0, 2.0], {}, TypeError, "x must hold real numbers, got dtype bool"),
+        ([1.0, 2.0], np.array([1 + 2j, 3j]), {}, TypeError, "y must hold real numbers, got dtype complex"),
+        (np.array(["1", "2"]), [1.0, 2.0], {}, TypeError, "x must hold real numbers"),
     ],
 )
 def test_bad_samples(x, y, kwargs, error, match):
@@ -270,6 +275,10 @@ def test_bad_interval_arguments():
         noncentral_t_interval("1", 3)
     with pytest.raises(TypeError, match="df must be"):
         noncentral_t_interval(1.0, True)
+    with pytest.raises(TypeError, match=r"t must be .* dtype bool"):
+        noncentral_t_interval(np.array([True, False]), 3)
+    with pytest.raises(TypeError, match=r"df must be .* dtype complex"):
+        noncentral_t_interval(1.0, np.array([3 + 1j]))
     with pytest.raises(ValueError, match="broadcast"):
         noncentral_t_interval(np.ones(3), np.ones(2) * 4)
 

@@ -157,17 +157,6 @@ def test_blocking_removes_block_shifts_exactly():
     assert factorial_effects(d, shifted).standard_error > 3 * a.standard_error  # unblocked absorbs the shifts
 
 
-def test_statsmodels_agrees_if_installed():
-    sm = pytest.importorskip("statsmodels.api")
-    rng = np.random.default_rng(4)
-    d = two_level_design(3)
-    y = rng.normal(size=(8, 3))
-    fit = sm.OLS(y.ravel(), np.repeat(model_matrix(d), 3, axis=0)).fit()
-    fx = factorial_effects(d, y)
-    np.testing.assert_allclose(fx.effects, 2 * fit.params[1:])
-    np.testing.assert_allclose(fx.standard_error, 2 * fit.bse[1:])
-
-
 def test_interval_coverage_by_simulation():
     """95 % intervals cover the true effects ~95 % of the time, blocked and not (1500 experiments)."""
     rng = np.random.default_rng(5)

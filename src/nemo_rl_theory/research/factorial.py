@@ -339,7 +339,9 @@ def factorial_effects(
     contrast is balanced within a block. Intervals are :math:`\hat E_S \pm
     t_{\nu,(1+\gamma)/2}\,\mathrm{SE}`, p-values two-sided. This is ordinary least squares of
     all :math:`N` runs on :func:`model_matrix` (plus block indicators when blocked), with
-    effects :math:`2\hat\beta`.
+    effects :math:`2\hat\beta`. The single standard error assumes one run variance in
+    every cell; when cells differ in spread (e.g. a regulariser that keeps runs close to
+    their start), it averages over them, so look at the residuals by cell.
 
     Args:
         design: ``[2^k, k]`` ±1, a full factorial in any row order (e.g. :func:`two_level_design`).
