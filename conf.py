@@ -61,6 +61,8 @@ nitpick_ignore_regex = [
     (r"py:.*", r"nn\..*"),
     (r"py:.*", r"(numpy|np)\..*"),
     (r"py:.*", r"(os|pathlib|datetime)\..*"),
+    # third-party classes in the serving API's signatures (no intersphinx: the build is offline)
+    (r"py:.*", r"(fastapi|starlette|pydantic|prometheus_client|httpx)\..*"),
     # type variables of generic functions (run_ranks' T)
     (r"py:class", r"nemo_rl_theory\..*\.T"),
     # private base classes (e.g. the schedules' shared _Schedule) are not part of the API

@@ -51,6 +51,18 @@ def bench_toy(session: nox.Session) -> None:
     session.run(PYTHON, "benchmarks/bench_toy.py", *session.posargs)
 
 
+@nox.session(name="bench-serving")
+def bench_serving(session: nox.Session) -> None:
+    """Latency and throughput of the toy policy's server over the loopback (args go to the script)."""
+    session.run(PYTHON, "benchmarks/bench_serving.py", *session.posargs)
+
+
+@nox.session
+def serve(session: nox.Session) -> None:
+    """Serve the toy policy on http://127.0.0.1:8000 until Ctrl-C (args go to the server, e.g. ``-- --port 8001``)."""
+    session.run(PYTHON, "-m", "nemo_rl_theory.serving", *session.posargs)
+
+
 @nox.session(name="bench-pages")
 def bench_pages(session: nox.Session) -> None:
     """Time every page's execution, section by section, one and two at a time (args go to the script)."""

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One-command set-up on a fresh machine: creates .venv, installs the CPU build of torch
 # *first* (an unpinned torch would pull several GB of CUDA wheels), then the project with its
-# test/docs/browser/dev extras, the site's KaTeX (npm) and Debian's chromium (apt-get, as root,
-# when missing), and finally builds the site.
+# test/docs/browser/serving/dev extras, the site's KaTeX (npm), Debian's chromium and prometheus
+# (promtool) packages (apt-get, as root, when missing), and finally builds the site.
 #
 #   scripts/setup.sh                 # set up, then build the site into docs/_build/html
 #   scripts/setup.sh --install-only  # set up only (what CI uses before the tests)
@@ -57,6 +57,28 @@ elif ! command -v chromium >/dev/null 2>&1; then
         chromium fonts-liberation fonts-dejavu-core >/dev/null
 fi
 echo "chromium: $("${NEMO_RL_THEORY_CHROMIUM:-chromium}" --version 2>/dev/null || echo 'installed')"
+
+# promtool (Debian's prometheus package) checks the alerting rules of the production-deployment
+# pages (docs/advanced/production-deployment/alerts/) with `promtool test rules`. Only the
+# command-line tool is used; no Prometheus server is started.
+if ! command -v promtool >/dev/null 2>&1 && { [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; }; then
+    echo "warning: promtool is missing, so the alert-rule tests are skipped; install Debian's" >&2
+    echo "         prometheus package as root (apt-get install --no-install-recommends prometheus)" >&2
+elif ! command -v promtool >/dev/null 2>&1; then
+    echo "Installing Debian's prometheus package for promtool (apt-get)"
+    apt-get update -qq
+    # The package enables a Prometheus service listening on all interfaces; forbid service starts
+    # during the install (policy-rc.d exit 101) so that only the binaries arrive.
+    no_start=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+        chmod +x /usr/sbin/policy-rc.d
+        no_start=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    if [ -n "$no_start" ]; then rm -f /usr/sbin/policy-rc.d; fi
+fi
+command -v promtool >/dev/null 2>&1 && echo "$(promtool --version 2>&1 | head -n 1)"
 
 if [ "${1:-}" = "--install-only" ]; then
     exit 0

@@ -156,6 +156,10 @@ SECTIONS = {
         "model-evaluation",
         "reproducible-research",
     },
+    "production-deployment": {
+        "model-serving",
+        "monitoring-alerting",
+    },
 }
 
 
@@ -277,13 +281,13 @@ def seed_landings() -> list[tuple[Path, Path]]:
         title = re.search(r"^# (.+)$", seed.read_text(), re.M).group(1).strip().lower()
         if title in by_title:
             pairs.append((seed, by_title[title]))
-        elif seed.name[:3] in SEED_CARDS_ON:
+        if seed.name[:3] in SEED_CARDS_ON:
             pairs.append((seed, SEED_CARDS_ON[seed.name[:3]]))
     return pairs
 
 
-# Seed 002 ("About NeMo RL Advanced Topics") is an overview of four areas whose cards the site
-# places on its Advanced Topics landing, beside seed 001's.
+# Seed 002 ("About NeMo RL Advanced Topics", docs/advanced/about.md) is an overview of four areas
+# whose cards the site also places on its Advanced Topics landing, beside seed 001's.
 SEED_CARDS_ON = {"002": DOCS / "advanced" / "index.md"}
 
 
@@ -320,6 +324,15 @@ def test_landing_cards_carry_the_seed_titles_and_badges(seed: Path, landing: Pat
     assert compared, f"{landing.relative_to(ROOT)}: none of {seed.name}'s card targets is built"
 
 
+@pytest.mark.skipif(not SEEDS.is_dir(), reason="the seeds live in ../shared/seeds beside the repository")
+def test_about_page_carries_all_ten_cards_of_seed_002() -> None:
+    seed = next(SEEDS.glob("002_*.txt"))
+    about = DOCS / "advanced" / "about.md"
+    expected = cards(seed.read_text())
+    assert len(expected) == 10
+    assert cards(about.read_text()) == expected
+
+
 def test_every_built_seed_landing_is_checked() -> None:
     # 000 (Advanced Algorithm Development), 001 (Advanced Topics), 002 (its four areas, on the same
     # landing), 003 (Advanced Training Techniques), 004 (Mathematical Foundations & Theory).
@@ -335,6 +348,7 @@ SECTION_SEEDS = {
     "performance-scaling": ("002", "Performance & Scaling"),
     "research": ("001", "Research & Experimentation"),
     "research-validation": ("002", "Research & Validation"),
+    "production-deployment": ("002", "Production Deployment"),
 }
 
 
@@ -359,3 +373,17 @@ def test_section_landing_carries_its_seed_sections_cards(section: str) -> None:
     landing = DOCS / "advanced" / section / "index.md"
     assert cards(landing.read_text()) == expected
     assert seed_section(landing.read_text(), heading).count("grid-item-card") == len(expected)
+
+
+@pytest.mark.skipif(not SEEDS.is_dir(), reason="the seeds live in ../shared/seeds beside the repository")
+def test_every_seed_card_resolves_to_a_built_page() -> None:
+    # A seed card's target is a page path under docs/advanced, or a page of that name in a section
+    # folder (seed 000's and 004's cards link their own folder's pages).
+    advanced = DOCS / "advanced"
+    built = {str(page.relative_to(advanced).with_suffix("")) for page in advanced.rglob("*.md")}
+    missing = []
+    for seed in sorted(SEEDS.glob("*.txt")):
+        for target in re.findall(r"^:link: (\S+)", seed.read_text(), re.M):
+            if not any(page == target or page.endswith("/" + target) for page in built):
+                missing.append(f"{seed.name[:3]}: {target}")
+    assert not missing, f"seed cards without a page: {missing}"
