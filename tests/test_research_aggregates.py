@@ -314,7 +314,7 @@ def test_same_seed_same_interval_and_tensor_input() -> None:
 @pytest.mark.parametrize(
     ("call", "error", "match"),
     [
-        (lambda: iqm([]), ValueError, "scores must not be empty"),
+        (lambda: iqm([]), ValueError, "scores is empty: scores must hold at least one"),
         (lambda: iqm([1.0, float("nan")]), ValueError, "scores must be finite"),
         (lambda: iqm([True, False]), TypeError, "real"),
         (lambda: iqm("abc"), TypeError, "scores must be an array"),

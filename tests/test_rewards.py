@@ -127,7 +127,7 @@ def test_combinator_input_errors() -> None:
         weighted_sum_rewards({"a": r, "b": torch.zeros(3)}, {"a": 1.0, "b": 1.0})
     with pytest.raises(ValueError, match="finite"):
         weighted_sum_rewards({"a": torch.tensor([math.nan, 0.0])}, {"a": 1.0})
-    with pytest.raises(ValueError, match="weights\\['a'\\] must be finite"):
+    with pytest.raises(ValueError, match="weights\\['a'\\] must be a finite number"):
         weighted_sum_rewards({"a": r}, {"a": math.inf})
     with pytest.raises(TypeError, match="weights\\['a'\\] must be a real number"):
         weighted_sum_rewards({"a": r}, {"a": True})
@@ -145,7 +145,7 @@ def test_combinator_input_errors() -> None:
         clip_rewards(r)
     with pytest.raises(ValueError, match="low must be < high"):
         clip_rewards(r, 1.0, 1.0)
-    with pytest.raises(ValueError, match="low must be finite"):
+    with pytest.raises(ValueError, match="low must be a finite number"):
         clip_rewards(r, -math.inf, 1.0)
     with pytest.raises(ValueError, match="rewards must not be empty"):
         clip_rewards(torch.zeros(0), 0.0, 1.0)
@@ -453,7 +453,7 @@ def test_shaping_input_errors() -> None:
     args = (rollout.responses, rollout.response_lengths, problems.answers, problems.answer_lengths)
     with pytest.raises(TypeError, match="terminal_zero must be a bool"):
         progress_potential(*args, terminal_zero=1)
-    with pytest.raises(ValueError, match="scale must be finite"):
+    with pytest.raises(ValueError, match="scale must be a finite number"):
         progress_potential(*args, scale=math.nan)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -126,3 +127,99 @@ def require_int(name: str, value: object, *, low: int = 1) -> int:
 def require_bool(name: str, value: object) -> None:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+
+
+#: Tensor float dtypes NumPy has; the others (bfloat16, float8) are widened to float64 first.
+_NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64)
+
+
+class RaggedArrayError(TypeError, ValueError):
+    """A nested sequence whose rows differ in length, so it is no array.
+
+    Both a ``TypeError`` (not an array of numbers) and a ``ValueError`` (a shape error, which
+    NumPy raises): the modules that now share :func:`require_real_array` raised one or the
+    other, and callers catching either keep working (like NumPy's ``AxisError``).
+    """
+
+
+def require_real_array(
+    name: str,
+    value: object,
+    *,
+    ndim: int | None = None,
+    min_size: int = 1,
+    allow_bool: bool = False,
+    allow_scalar: bool = True,
+    finite: bool = True,
+    dtype: type[np.number] | None = np.float64,
+    layout: str | None = None,
+    what: str = "an array, list or tensor of real numbers",
+) -> np.ndarray:
+    """Check ``value`` is an array of real numbers and return it as a NumPy array.
+
+    Accepts lists and tuples (nested for more dimensions), NumPy arrays and scalars, Python
+    numbers, objects exposing ``__array__`` and torch tensors (detached and copied to the CPU;
+    bfloat16/float8 are widened to float64, the dtypes NumPy lacks). The result is a fresh
+    ``dtype`` array (float64 by default); ``dtype=None`` keeps the input's integer, floating
+    (or, with ``allow_bool``, bool) dtype and may share memory with ``value``.
+
+    Args:
+        name: the argument's name, used in every message.
+        value: the input to check.
+        ndim: the required number of dimensions, or ``None`` for any.
+        min_size: the fewest elements accepted (0 accepts an empty array).
+        allow_bool: accept bool arrays (cast to ``dtype`` as 0/1) and bool scalars.
+        allow_scalar: accept Python and NumPy scalars (as 0-d arrays); 0-d tensors and
+            0-d arrays are arrays and always pass this check.
+        finite: reject NaN and +-inf.
+        dtype: the output dtype, or ``None`` to keep the input's.
+        layout: how the shape is described when ``ndim`` fails (``"[runs, tasks]"``);
+            the message says ``must be {ndim}-D`` without it.
+        what: the expectation stated when ``value`` is not an array at all.
+
+    Raises:
+        TypeError: ``value`` is a str, bytes, ``None``, a bool (unless ``allow_bool``), a
+            scalar (unless ``allow_scalar``) or another non-array object, or its dtype is
+            complex, object, string, datetime or (unless ``allow_bool``) bool; the message
+            names ``name`` and the type or dtype found. A ragged sequence raises
+            :class:`RaggedArrayError`, both a ``TypeError`` and a ``ValueError``.
+        ValueError: wrong number of dimensions, fewer than ``min_size`` elements, or (when
+            ``finite``) NaN/inf. The message names ``name``, the expected and the found.
+    """
+    if isinstance(value, Tensor):
+        t = value.detach().cpu().resolve_conj().resolve_neg()
+        if t.is_floating_point() and t.dtype not in _NUMPY_FLOATS:
+            t = t.to(torch.float64)
+        try:
+            value = t.numpy()
+        except (TypeError, RuntimeError) as err:
+            raise TypeError(f"{name} must hold real numbers, got a tensor of dtype {t.dtype} ({err})") from None
+    elif (
+        isinstance(value, (str, bytes, bytearray))
+        or value is None
+        or (isinstance(value, (bool, np.bool_)) and not allow_bool)
+        or (not allow_scalar and np.isscalar(value))
+        or not (
+            isinstance(value, (np.ndarray, np.generic, Sequence, int, float, complex))
+            or hasattr(value, "__array__")
+            or hasattr(value, "__array_interface__")
+        )
+    ):
+        raise TypeError(f"{name} must be {what}, got {type(value).__name__}")
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError) as err:
+        raise RaggedArrayError(f"{name} must hold real numbers in a rectangular array: {err}") from None
+    if arr.dtype.kind not in ("iuf" + ("b" if allow_bool else "")):
+        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    if ndim is not None and arr.ndim != ndim:
+        expected = f"have shape {layout}" if layout else f"be {ndim}-D"
+        raise ValueError(f"{name} must {expected}, got shape {list(arr.shape)}")
+    if arr.size < min_size:
+        needed = "one value" if min_size == 1 else f"{min_size} values"
+        if arr.size == 0:
+            raise ValueError(f"{name} is empty: {name} must hold at least {needed}, got shape {list(arr.shape)}")
+        raise ValueError(f"{name} must hold at least {needed}, got {arr.size}")
+    if finite and arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise ValueError(f"{name} must be finite, got NaN or inf")
+    return arr if dtype is None else arr.astype(dtype)

@@ -40,7 +40,7 @@ import numpy as np
 from scipy import stats
 from torch import Tensor
 
-from nemo_rl_theory._validation import require_number
+from nemo_rl_theory._validation import require_number, require_real_array
 
 __all__ = [
     "BOOTSTRAP_METHODS",
@@ -67,22 +67,13 @@ ArrayLike = Sequence | np.ndarray | Tensor
 
 def _as_scores(name: str, value: object, *, ndim: int | None = None) -> np.ndarray:
     """Validate a finite, non-empty real array (``ndim`` fixed if given) as float64."""
-    if isinstance(value, Tensor):
-        value = value.detach().cpu().double().numpy()
-    if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray, int, float, np.number)):
-        raise TypeError(f"{name} must be an array, list or tensor of real scores, got {type(value).__name__}")
-    arr = np.asarray(value)
-    if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-        raise TypeError(f"{name} must hold real (integer or floating) scores, got dtype {arr.dtype}")
-    arr = arr.astype(np.float64)
-    if ndim is not None and arr.ndim != ndim:
-        layout = "[runs, tasks]" if ndim == 2 else f"{ndim}-D"
-        raise ValueError(f"{name} must have shape {layout}, got shape {list(arr.shape)}")
-    if arr.size == 0:
-        raise ValueError(f"{name} must not be empty, got shape {list(arr.shape)}")
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name} must be finite, got NaN or inf")
-    return arr
+    return require_real_array(
+        name,
+        value,
+        ndim=ndim,
+        layout="[runs, tasks]" if ndim == 2 else None,
+        what="an array, list or tensor of real scores",
+    )
 
 
 def _axes(axis: object, ndim: int) -> tuple[int, ...]:

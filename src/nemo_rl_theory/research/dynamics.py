@@ -31,7 +31,7 @@ import torch
 from scipy import optimize, stats
 from torch import Tensor
 
-from nemo_rl_theory._validation import require_number
+from nemo_rl_theory._validation import require_number, require_real_array
 
 __all__ = [
     "NoiseScale",
@@ -48,23 +48,15 @@ ArrayLike = Sequence[float] | np.ndarray | Tensor
 
 
 def _as_array(name: str, value: object, *, ndim: int | None = None, min_size: int = 1) -> np.ndarray:
-    """Validate a finite real array (``ndim`` fixed if given) and return it as float64."""
-    if isinstance(value, Tensor):
-        value = value.detach().cpu().double().numpy()
-    if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray, int, float, np.number)):
-        raise TypeError(f"{name} must be an array, list or tensor of real numbers, got {type(value).__name__}")
-    arr = np.asarray(value)
-    if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-        raise TypeError(f"{name} must hold real (integer or floating) numbers, got dtype {arr.dtype}")
-    arr = arr.astype(np.float64)
-    if ndim is not None and arr.ndim != ndim:
-        raise ValueError(f"{name} must be {ndim}-D, got shape {list(arr.shape)}")
+    """Validate a finite real array (``ndim`` fixed if given) and return it as float64.
+
+    ``min_size`` counts values along the last axis (one curve per row), so a 0-d value fails.
+    """
+    arr = require_real_array(name, value, ndim=ndim, min_size=0)
     if arr.ndim == 0 or arr.shape[-1] < min_size:
         raise ValueError(
             f"{name} must hold at least {min_size} value(s) along its last axis, got shape {list(arr.shape)}"
         )
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name} must be finite, got NaN or inf")
     return arr
 
 
@@ -372,13 +364,8 @@ def gradient_noise_scale(
     Returns:
         :class:`NoiseScale`.
     """
-    small = _as_array("small_batch_sq_norm", np.atleast_1d(np.asarray(_plain(small_batch_sq_norm))))
-    big = _as_array("big_batch_sq_norm", np.atleast_1d(np.asarray(_plain(big_batch_sq_norm))))
-    for name, arr in (("small_batch_sq_norm", small), ("big_batch_sq_norm", big)):
-        if arr.ndim != 1:
-            raise ValueError(f"{name} must be a number or 1-D, got shape {list(arr.shape)}")
-        if (arr < 0).any():
-            raise ValueError(f"{name} must be non-negative (a squared norm)")
+    small = _squared_norms("small_batch_sq_norm", small_batch_sq_norm)
+    big = _squared_norms("big_batch_sq_norm", big_batch_sq_norm)
     b = require_number("b_small", b_small, low=0.0, low_inclusive=False)
     big_b = require_number("b_big", b_big, low=0.0, low_inclusive=False)
     if not big_b > b:
@@ -389,12 +376,17 @@ def gradient_noise_scale(
     return NoiseScale(grad_sq_norm=g2, trace_cov=trace, b_simple=_ratio(trace, g2))
 
 
-def _plain(value: object) -> object:
-    if isinstance(value, Tensor):
-        return value.detach().cpu().double().numpy()
-    if isinstance(value, bool) or value is None or isinstance(value, (str, bytes)):
-        raise TypeError(f"squared norms must be numbers, arrays or tensors, got {type(value).__name__}")
-    return value
+def _squared_norms(name: str, value: object) -> np.ndarray:
+    """A number or a non-empty 1-D array of finite, non-negative squared norms, as 1-D float64."""
+    arr = require_real_array(name, value, min_size=0, what="a number, or an array or tensor of squared norms")
+    if arr.ndim > 1:
+        raise ValueError(f"{name} must be a number or 1-D, got shape {list(arr.shape)}")
+    arr = np.atleast_1d(arr)
+    if arr.size < 1:
+        raise ValueError(f"{name} must hold at least 1 value, got shape {list(arr.shape)}")
+    if (arr < 0).any():
+        raise ValueError(f"{name} must be non-negative (a squared norm)")
+    return arr
 
 
 def noise_scale_from_samples(per_example_grads: Tensor) -> NoiseScale:

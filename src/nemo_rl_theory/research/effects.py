@@ -31,7 +31,7 @@ import numpy as np
 from scipy import special, stats
 from torch import Tensor
 
-from nemo_rl_theory._validation import require_number
+from nemo_rl_theory._validation import require_number, require_real_array
 
 __all__ = [
     "EffectSize",
@@ -47,28 +47,15 @@ ArrayLike = Sequence[float] | np.ndarray | Tensor
 
 def _sample(name: str, value: object, *, minimum: int) -> np.ndarray:
     """A 1-D float64 array of at least ``minimum`` finite scores."""
-    if isinstance(value, Tensor):
-        value = value.detach().cpu().numpy()
-    if isinstance(value, (str, bytes)) or value is None or np.isscalar(value):
-        raise TypeError(f"{name} must be a 1-D sequence, array or tensor of scores, got {type(value).__name__}")
-    raw = np.asarray(value)
-    if raw.dtype == bool or not (
-        np.issubdtype(raw.dtype, np.integer) or np.issubdtype(raw.dtype, np.floating) or raw.dtype == object
-    ):
-        raise TypeError(f"{name} must hold real numbers, got dtype {raw.dtype}")
-    try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"{name} must hold real numbers: {err}") from None
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be 1-D (one score per seed), got shape {list(arr.shape)}")
-    if arr.size == 0:
-        raise ValueError(f"{name} is empty: it needs at least {minimum} scores")
-    if arr.size < minimum:
-        raise ValueError(f"{name} needs at least {minimum} scores, got {arr.size}")
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name} must be finite, got NaN or inf")
-    return arr
+    return require_real_array(
+        name,
+        value,
+        ndim=1,
+        min_size=minimum,
+        allow_scalar=False,
+        layout="[n] (1-D, one score per seed)",
+        what="a 1-D sequence, array or tensor of scores",
+    )
 
 
 def _confidence(confidence: object) -> float:
@@ -231,22 +218,7 @@ def noncentral_t_interval(
     conf = _confidence(confidence)
     arrays = []
     for name, value in (("t", t), ("df", df)):
-        if isinstance(value, Tensor):
-            value = value.detach().cpu().numpy()
-        if isinstance(value, (bool, np.bool_, str, bytes)) or value is None:
-            raise TypeError(f"{name} must be a real number or an array of them, got {type(value).__name__}")
-        raw = np.asarray(value)
-        if raw.dtype == bool or not (
-            np.issubdtype(raw.dtype, np.integer) or np.issubdtype(raw.dtype, np.floating) or raw.dtype == object
-        ):
-            raise TypeError(f"{name} must be a real number or an array of them, got dtype {raw.dtype}")
-        try:
-            arr = np.asarray(value, dtype=np.float64)
-        except (TypeError, ValueError) as err:
-            raise TypeError(f"{name} must be a real number or an array of them: {err}") from None
-        if not np.isfinite(arr).all():
-            raise ValueError(f"{name} must be finite, got NaN or inf")
-        arrays.append(arr)
+        arrays.append(require_real_array(name, value, min_size=0, what="a real number or an array of them"))
     t_arr, df_arr = arrays
     if (df_arr <= 0).any():
         raise ValueError(f"df must be > 0, got {df_arr.min():g}")

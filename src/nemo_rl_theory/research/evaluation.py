@@ -31,7 +31,7 @@ import numpy as np
 from scipy import stats
 from torch import Tensor
 
-from nemo_rl_theory._validation import require_number
+from nemo_rl_theory._validation import require_number, require_real_array
 
 __all__ = [
     "MAX_ENUMERATED",
@@ -58,21 +58,16 @@ ArrayLike = Sequence[float] | np.ndarray | Tensor
 
 
 def _to_numpy(name: str, value: object) -> np.ndarray:
-    if isinstance(value, Tensor):
-        value = value.detach().cpu().numpy()
-    if isinstance(value, (str, bytes)) or value is None:
-        raise TypeError(f"{name} must be a number, sequence, array or tensor, got {type(value).__name__}")
-    try:
-        arr = np.asarray(value)
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"{name} must hold numbers: {err}") from None
-    if (
-        arr.dtype == object
-        or not (np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.bool_))
-        or np.iscomplexobj(arr)
-    ):
-        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
-    return arr
+    """A real (bool, integer or floating) array of any shape and size, its dtype kept."""
+    return require_real_array(
+        name,
+        value,
+        min_size=0,
+        allow_bool=True,
+        finite=False,
+        dtype=None,
+        what="a number, sequence, array or tensor",
+    )
 
 
 def _counts(name: str, value: object) -> np.ndarray:
@@ -103,14 +98,9 @@ def _one_count(name: str, value: object, *, minimum: int) -> int:
 
 def _scores(name: str, value: object, *, minimum: int = 2) -> np.ndarray:
     """A 1-D float64 array of finite per-item scores (bool accepted as 0/1)."""
-    arr = _to_numpy(name, value).astype(np.float64)
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be 1-D (one score per eval item), got shape {list(arr.shape)}")
-    if arr.size < minimum:
-        raise ValueError(f"{name} must hold at least {minimum} scores, got {arr.size}")
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name} must be finite, got NaN or inf")
-    return arr
+    return require_real_array(
+        name, value, ndim=1, min_size=minimum, allow_bool=True, what="a number, sequence, array or tensor"
+    )
 
 
 def _labels(name: str, value: object, size: int, like: str) -> np.ndarray:

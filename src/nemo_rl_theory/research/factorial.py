@@ -47,7 +47,7 @@ import numpy as np
 from scipy import stats
 from torch import Tensor
 
-from nemo_rl_theory._validation import require_int, require_number
+from nemo_rl_theory._validation import require_int, require_number, require_real_array
 
 __all__ = [
     "MAX_FACTORS",
@@ -81,17 +81,7 @@ def _k(k: object) -> int:
 
 
 def _real(name: str, value: object, *, scalar: bool = False) -> np.ndarray:
-    if isinstance(value, Tensor):
-        value = value.detach().cpu().double().numpy()
-    if isinstance(value, (str, bytes)) or value is None or (np.isscalar(value) and not scalar):
-        raise TypeError(f"{name} must be an array, list or tensor of real numbers, got {type(value).__name__}")
-    arr = np.asarray(value)
-    if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-        raise TypeError(f"{name} must hold real (integer or floating) numbers, got dtype {arr.dtype}")
-    arr = arr.astype(np.float64)
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name} must be finite, got NaN or inf")
-    return arr
+    return require_real_array(name, value, min_size=0, allow_scalar=scalar)
 
 
 def _signs(name: str, value: object, *, scalar: bool = False) -> np.ndarray:

@@ -21,7 +21,7 @@ import numpy as np
 from scipy import stats
 from torch import Tensor
 
-from nemo_rl_theory._validation import require_number
+from nemo_rl_theory._validation import require_number, require_real_array
 
 __all__ = [
     "ALTERNATIVES",
@@ -36,22 +36,16 @@ ALTERNATIVES = ("two-sided", "greater", "less")
 
 ArrayLike = Sequence[float] | np.ndarray | Tensor
 
+_REAL = "a real number or an array of them"
+
 
 def _p_values(value: object) -> np.ndarray:
-    if isinstance(value, Tensor):
-        value = value.detach().cpu().numpy()
-    if isinstance(value, (str, bytes)) or value is None:
-        raise TypeError(f"p_values must be a 1-D sequence, array or tensor of p-values, got {type(value).__name__}")
-    try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"p_values must hold real numbers: {err}") from None
-    if arr.ndim != 1:
-        raise ValueError(f"p_values must be 1-D (one p-value per hypothesis), got shape {list(arr.shape)}")
-    if arr.size < 1:
-        raise ValueError("p_values must hold at least one p-value, got an empty array")
-    if not np.isfinite(arr).all():
-        raise ValueError("p_values must be finite, got NaN or inf")
+    arr = require_real_array(
+        "p_values",
+        value,
+        ndim=1,
+        what="a 1-D sequence, array or tensor of p-values",
+    )
     if ((arr < 0) | (arr > 1)).any():
         raise ValueError(f"p_values must lie in [0, 1], got min {arr.min():g}, max {arr.max():g}")
     return arr
@@ -131,20 +125,6 @@ def _alternative(alternative: object) -> str:
     return str(alternative)
 
 
-def _real_array(name: str, value: object) -> np.ndarray:
-    if isinstance(value, Tensor):
-        value = value.detach().cpu().numpy()
-    if isinstance(value, (bool, np.bool_, str, bytes)) or value is None:
-        raise TypeError(f"{name} must be a real number or an array of them, got {type(value).__name__}")
-    try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"{name} must be a real number or an array of them: {err}") from None
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name} must be finite, got NaN or inf")
-    return arr
-
-
 def _power(d: np.ndarray, n: np.ndarray, alpha: float, alternative: str) -> np.ndarray:
     df = 2.0 * n - 2.0
     ncp = d * np.sqrt(n / 2.0)
@@ -206,8 +186,8 @@ def t_test_power(
             outside (0, 1), unknown ``alternative``, shapes that do not broadcast.
         TypeError: non-numeric input.
     """
-    d = _real_array("effect_size", effect_size)
-    n = _real_array("n_per_group", n_per_group)
+    d = require_real_array("effect_size", effect_size, min_size=0, what=_REAL)
+    n = require_real_array("n_per_group", n_per_group, min_size=0, what=_REAL)
     if (n != np.round(n)).any() or (n < 2).any():
         raise ValueError(f"n_per_group must be integers >= 2, got {n.min() if (n < 2).any() else 'a non-integer'}")
     require_number("alpha", alpha, low=0.0, high=1.0, low_inclusive=False, high_inclusive=False)

@@ -27,7 +27,7 @@ import numpy as np
 from scipy import integrate, special
 from torch import Tensor
 
-from nemo_rl_theory._validation import require_bool, require_int, require_number
+from nemo_rl_theory._validation import require_bool, require_int, require_number, require_real_array
 
 __all__ = [
     "MAX_NORMALS",
@@ -112,26 +112,14 @@ def winners_curse_bias(n_configs: int, noise_std: float = 1.0) -> float:
 
 
 def _scores(name: str, value: object) -> np.ndarray:
-    if isinstance(value, Tensor):
-        value = value.detach().cpu().numpy()
-    if isinstance(value, (str, bytes)) or value is None:
-        raise TypeError(f"{name} must be a sequence, array or tensor of scores, got {type(value).__name__}")
-    try:
-        arr = np.asarray(value)
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"{name} must hold numbers: {err}") from None
-    if (
-        arr.dtype == object
-        or np.iscomplexobj(arr)
-        or not (np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.bool_))
-    ):
-        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
-    arr = arr.astype(np.float64)
-    if arr.ndim != 1 or arr.size < 1:
-        raise ValueError(f"{name} must be a non-empty 1-D array (one score per run), got shape {list(arr.shape)}")
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name} must be finite, got NaN or inf")
-    return arr
+    return require_real_array(
+        name,
+        value,
+        ndim=1,
+        allow_bool=True,
+        layout="[runs] (1-D, one score per run)",
+        what="a sequence, array or tensor of scores",
+    )
 
 
 def _budgets(value: object, num_scores: int, replace: bool) -> tuple[np.ndarray, bool]:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 from torch import Tensor
 
-from nemo_rl_theory._validation import require_number
+from nemo_rl_theory._validation import require_number, require_real_array
 
 __all__ = [
     "SRE_WORKBOOK_RULES",
@@ -55,24 +55,19 @@ ArrayLike = Sequence[float] | np.ndarray | Tensor
 # ----------------------------------------------------------------------------- input checks
 
 
-def _array(name: str, value: object, *, ndim: int = 1) -> np.ndarray:
-    if isinstance(value, Tensor):
-        value = value.detach().cpu().numpy()
-    if isinstance(value, (str, bytes)) or value is None or np.isscalar(value):
-        raise TypeError(f"{name} must be a sequence, array or tensor of numbers, got {type(value).__name__}")
-    try:
-        arr = np.asarray(value)
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"{name} must hold numbers: {err}") from None
-    if (
-        arr.dtype == object
-        or not (np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.bool_))
-        or np.iscomplexobj(arr)
-    ):
-        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
-    if arr.ndim != ndim:
-        raise ValueError(f"{name} must be {ndim}-dimensional, got shape {tuple(arr.shape)}")
-    return arr.astype(np.float64)
+def _array(name: str, value: object, *, ndim: int | None = 1) -> np.ndarray:
+    """A float64 array (bool accepted as 0/1; NaN and inf left to the caller)."""
+    return require_real_array(
+        name,
+        value,
+        ndim=ndim,
+        min_size=0,
+        allow_bool=True,
+        allow_scalar=False,
+        finite=False,
+        layout=f"[n] ({ndim}-dimensional)",
+        what="a sequence, array or tensor of numbers",
+    )
 
 
 def _probability(name: str, value: object, *, open_low: bool, open_high: bool) -> float:
@@ -317,7 +312,7 @@ def burn_rate(error_ratio: float | ArrayLike, slo: float) -> float | np.ndarray:
     if isinstance(error_ratio, (int, float)) and not isinstance(error_ratio, bool):
         e = _probability("error_ratio", error_ratio, open_low=False, open_high=False)
         return e / (1.0 - s)
-    arr = np.asarray(_array("error_ratio", error_ratio, ndim=np.ndim(np.asarray(error_ratio))))
+    arr = _array("error_ratio", error_ratio, ndim=None)
     if np.isnan(arr).any() or (arr < 0).any() or (arr > 1).any():
         raise ValueError("error_ratio must lie in [0, 1] (errors / requests)")
     return arr / (1.0 - s)

@@ -36,7 +36,6 @@ Sources, read for the semantics (not copied):
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -44,7 +43,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from nemo_rl_theory._validation import require_float_tensor, require_tensor
+from nemo_rl_theory._validation import require_float_tensor, require_number, require_tensor
 from nemo_rl_theory.logprobs import token_logprobs
 from nemo_rl_theory.toy.tasks import EOS, PAD
 
@@ -65,15 +64,6 @@ __all__ = [
     "sampling_distribution",
     "sampling_logprobs",
 ]
-
-
-def _real(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    v = float(value)
-    if not math.isfinite(v):
-        raise ValueError(f"{name} must be finite, got {v}")
-    return v
 
 
 @dataclass(frozen=True)
@@ -105,17 +95,17 @@ class SamplingParams:
     min_p: float = 0.0
 
     def __post_init__(self) -> None:
-        temperature = _real("temperature", self.temperature)
+        temperature = require_number("temperature", self.temperature)
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-        top_p = _real("top_p", self.top_p)
+        top_p = require_number("top_p", self.top_p)
         if not 0.0 < top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int):
             raise TypeError(f"top_k must be an int, got {type(self.top_k).__name__}")
         if self.top_k < -1:
             raise ValueError(f"top_k must be -1 or 0 (disabled) or >= 1, got {self.top_k}")
-        min_p = _real("min_p", self.min_p)
+        min_p = require_number("min_p", self.min_p)
         if not 0.0 <= min_p <= 1.0:
             raise ValueError(f"min_p must be in [0, 1], got {min_p}")
 

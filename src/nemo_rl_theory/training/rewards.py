@@ -28,14 +28,13 @@ Every function validates its inputs and raises ``TypeError`` (wrong type or dtyp
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-from nemo_rl_theory._validation import _shape
+from nemo_rl_theory._validation import _shape, require_number
 from nemo_rl_theory.toy.tasks import RewardFn
 
 if TYPE_CHECKING:
@@ -70,17 +69,8 @@ __all__ = [
 # ----------------------------------------------------------------------------- validation
 
 
-def _number(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    v = float(value)
-    if not math.isfinite(v):
-        raise ValueError(f"{name} must be finite, got {v}")
-    return v
-
-
 def _check_gamma(gamma: object) -> float:
-    g = _number("gamma", gamma)
+    g = require_number("gamma", gamma)
     if not 0.0 < g <= 1.0:
         raise ValueError(f"gamma must be in (0, 1], got {g}")
     return g
@@ -204,7 +194,7 @@ def weighted_sum_rewards(components: Mapping[str, Tensor], weights: Mapping[str,
     for key, value in components.items():
         r = _rewards(f"components[{key!r}]", value, batch)
         batch = r.shape[0]
-        term = _number(f"weights[{key!r}]", weights[key]) * r
+        term = require_number(f"weights[{key!r}]", weights[key]) * r
         total = term if total is None else total + term
     assert total is not None
     return total
@@ -220,7 +210,7 @@ def gate_rewards(rewards: Tensor, gate: Tensor, *, otherwise: float = 0.0) -> Te
     """
     r = _rewards("rewards", rewards)
     g = _gate("gate", gate, r.shape[0])
-    c = _number("otherwise", otherwise)
+    c = require_number("otherwise", otherwise)
     return torch.where(g, r, torch.full_like(r, c))
 
 
@@ -233,8 +223,8 @@ def clip_rewards(rewards: Tensor, low: float | None = None, high: float | None =
     r = _rewards("rewards", rewards)
     if low is None and high is None:
         raise ValueError("clip_rewards needs at least one of low and high")
-    lo = None if low is None else _number("low", low)
-    hi = None if high is None else _number("high", high)
+    lo = None if low is None else require_number("low", low)
+    hi = None if high is None else require_number("high", high)
     if lo is not None and hi is not None and not lo < hi:
         raise ValueError(f"low must be < high, got low = {lo}, high = {hi}")
     return r.clamp(min=lo, max=hi)
@@ -254,7 +244,7 @@ def standardize_rewards(rewards: Tensor, *, eps: float = 1e-6) -> Tensor:
     r = _rewards("rewards", rewards)
     if r.shape[0] < 2:
         raise ValueError(f"rewards must hold at least 2 values to standardise, got {r.shape[0]}")
-    e = _number("eps", eps)
+    e = require_number("eps", eps)
     if e <= 0:
         raise ValueError(f"eps must be > 0, got {e}")
     return (r - r.mean()) / (r.std(unbiased=True) + e)
@@ -309,7 +299,7 @@ def weighted_sum(terms: Mapping[str, tuple[float, RewardFn]]) -> RewardFn:
         w, fn = term
         if not callable(fn):
             raise TypeError(f"terms[{key!r}] reward_fn must be callable, got {type(fn).__name__}")
-        checked[key] = (_number(f"terms[{key!r}] weight", w), fn)
+        checked[key] = (require_number(f"terms[{key!r}] weight", w), fn)
 
     def reward(problems: Problems, rollout: Rollout) -> Tensor:
         values = {key: _call(f"terms[{key!r}]", fn, problems, rollout) for key, (_, fn) in checked.items()}
@@ -324,7 +314,7 @@ def gated(reward_fn: RewardFn, gate_fn: RewardFn, *, otherwise: float = 0.0) -> 
     ``gate_fn`` returns 0/1 (or bool) per response, e.g. ``format_reward``: "correctness only
     counts if the format is valid", or ``correctness_reward``: "a bonus only counts if correct".
     """
-    c = _number("otherwise", otherwise)
+    c = require_number("otherwise", otherwise)
     for name, fn in (("reward_fn", reward_fn), ("gate_fn", gate_fn)):
         if not callable(fn):
             raise TypeError(f"{name} must be callable (problems, rollout) -> Tensor[B], got {type(fn).__name__}")
@@ -498,7 +488,7 @@ def progress_potential(
     """
     if not isinstance(terminal_zero, bool):
         raise TypeError(f"terminal_zero must be a bool, got {type(terminal_zero).__name__}")
-    lam = _number("scale", scale)
+    lam = require_number("scale", scale)
     k = prefix_match_length(responses, response_lengths, answers, answer_lengths)
     t = torch.arange(responses.shape[1] + 1, dtype=torch.long)[None, :]
     n = response_lengths[:, None]
@@ -561,7 +551,7 @@ def expected_correctness(policy: nn.Module, problems: Problems, *, temperature: 
     """
     from nemo_rl_theory.toy.policy import join_prompt_response, sequence_logprobs
 
-    t = _number("temperature", temperature)
+    t = require_number("temperature", temperature)
     if t <= 0:
         raise ValueError(f"temperature must be > 0, got {t}")
     if len(problems) == 0:
